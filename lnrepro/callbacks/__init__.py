@@ -1,0 +1,4 @@
+from lnrepro.callbacks.epoch_seeding import EpochSeeding
+from lnrepro.callbacks.non_finite_loss import StopOnNonFiniteLoss
+
+__all__ = ["EpochSeeding", "StopOnNonFiniteLoss"]

@@ -1,0 +1,125 @@
+"""ImageNet-style class folders: root/train/<class>/*, root/val/<class>/*.
+
+Transforms come from timm's `create_transform`: RandomResizedCrop + flip (+ ColorJitter, AutoAugment/RandAugment,
+RandomErasing) for training; resize + centre crop for evaluation. A validation split for model selection is held
+out of train/ (seeded); val/ is the test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from lnrepro.data.in_memory import check_batch_size
+from lnrepro.errors import UserInputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        root: str = "data/imagenet",
+        batch_size: int = 256,
+        num_workers: int = 8,
+        subset: int | None = None,
+        val_size: int = 10000,
+        split_seed: int = 0,
+        train_crop: int = 224,
+        eval_resize: int = 256,
+        eval_crop: int = 224,
+        interpolation: str = "bilinear",
+        hflip: float = 0.5,
+        color_jitter: float = 0.0,
+        auto_augment: str | None = None,
+        random_erasing: float = 0.0,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        num_classes: int = 1000,
+        image_size: int = 224,  # read by configs; the crops above decide the real sizes
+        stem: str | None = None,  # read by the model config, not here
+        name: str = "imagenet",  # read by reports
+    ):
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.batch_size = check_batch_size(batch_size)
+        self.num_workers = num_workers
+        self.subset = subset
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.expected_classes = num_classes
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        if eval_crop > eval_resize:
+            raise UserInputError(f"data.eval_crop ({eval_crop}) cannot exceed data.eval_resize ({eval_resize})")
+        self.train_transform_args = dict(
+            input_size=train_crop, is_training=True, hflip=hflip, color_jitter=color_jitter,
+            auto_augment=auto_augment, interpolation=interpolation, re_prob=random_erasing,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        )
+        self.eval_transform_args = dict(
+            input_size=eval_crop, is_training=False, crop_pct=eval_crop / eval_resize, interpolation=interpolation,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        )
+        self.train_set = self.val_set = self.test_set = None
+
+    def _folder(self, split: str) -> Path:
+        folder = self.root / split
+        if not folder.is_dir():
+            raise UserInputError(
+                f"{folder} does not exist. data.root must hold train/ and val/ folders with one sub-folder per class "
+                f"(ImageNet's usual layout); set data.root to that folder."
+            )
+        return folder
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from timm.data import create_transform
+        from torchvision.datasets import ImageFolder
+
+        train_folder, test_folder = self._folder("train"), self._folder("val")
+        train_view = ImageFolder(str(train_folder), transform=create_transform(**self.train_transform_args))
+        eval_view = ImageFolder(str(train_folder), transform=create_transform(**self.eval_transform_args))
+        test_view = ImageFolder(str(test_folder), transform=create_transform(**self.eval_transform_args))
+        if self.expected_classes != len(train_view.classes):
+            raise UserInputError(
+                f"{train_folder} has {len(train_view.classes)} class folders but data.num_classes="
+                f"{self.expected_classes}; set data.num_classes={len(train_view.classes)}"
+            )
+        if train_view.classes != test_view.classes:
+            raise UserInputError(f"train/ and val/ in {self.root} have different class folders")
+        count = len(train_view)
+        if not 0 < self.val_size < count:
+            raise UserInputError(f"data.val_size must be between 1 and {count - 1} (got {self.val_size})")
+        permutation = torch.randperm(count, generator=torch.Generator().manual_seed(self.split_seed))
+        train_index = permutation[self.val_size:].sort().values
+        if self.subset is not None:
+            train_index = train_index[: self.subset]
+        self.train_set = Subset(train_view, train_index.tolist())
+        self.val_set = Subset(eval_view, permutation[: self.val_size].sort().values.tolist())
+        self.test_set = test_view
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers,
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

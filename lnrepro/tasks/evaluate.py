@@ -1,0 +1,76 @@
+"""The evaluation task: rebuild a run from its checkpoint and test it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import rich
+import rich.table
+from omegaconf import DictConfig, OmegaConf
+
+from lnrepro.errors import UserInputError
+from lnrepro.tasks.common import log, write_metrics
+from lnrepro.tasks.train import build_module, run_facts
+from lnrepro.utils.checkpoint import check_matches, load_checkpoint
+from lnrepro.utils.instantiate import instantiate_loggers
+
+# Only these parts of a stored run can be changed on eval's command line; the rest describes the trained weights.
+OVERRIDABLE = ("data", "model")
+
+
+def command_line_keys() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:
+        return []
+    return [override.split("=", 1)[0].lstrip("+~") for override in overrides]
+
+
+def stored_run_config(checkpoint: dict[str, Any], cfg: DictConfig, path: str) -> DictConfig:
+    stored = checkpoint.get("hyper_parameters") or {}
+    if "model" not in stored or "data" not in stored:
+        raise UserInputError(f"checkpoint {path} holds no lnrepro run config: was it written by train.py?")
+    run_cfg = OmegaConf.create(stored)
+    for key in command_line_keys():
+        if key.split(".")[0] in OVERRIDABLE:
+            value = OmegaConf.select(cfg, key)
+            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            OmegaConf.update(run_cfg, key, value, merge=False, force_add=True)
+    # The weights come from the checkpoint, not from a pretrained file that may be gone.
+    OmegaConf.update(run_cfg, "model.pretrained", None, force_add=True)
+    return run_cfg
+
+
+def print_table(metrics: dict[str, Any], title: str) -> None:
+    table = rich.table.Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(metrics.items()):
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    rich.print(table)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    run_cfg = stored_run_config(checkpoint, cfg, cfg.ckpt_path)
+    module = build_module(run_cfg, for_training=False)
+    check_matches(checkpoint, module, cfg.ckpt_path)
+    del checkpoint
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(run_cfg.data)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=instantiate_loggers(cfg.get("logger")) or False, enable_checkpointing=False
+    )
+    trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+    metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    print_table(metrics, title=f"{run_cfg.model.name} — {cfg.ckpt_path}")
+    metrics.update(run_facts(run_cfg), ckpt_path=str(cfg.ckpt_path))
+    if trainer.is_global_zero:
+        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    return metrics

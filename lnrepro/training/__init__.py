@@ -1,0 +1,3 @@
+from lnrepro.training.module import ClassificationModule
+
+__all__ = ["ClassificationModule"]
