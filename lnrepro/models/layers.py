@@ -1,0 +1,278 @@
+"""Building blocks shared by every family of the model zoo.
+
+Everything that more than one family needs lives here, once: the channel rounding used to scale a network's
+width, the conv-BN-activation unit, squeeze-and-excitation with a hard-sigmoid gate, channel shuffle, the
+depthwise-separable conv, the Ghost module, and `conv3x3_slot`, the single place where `model.conv`
+(standard | dwpw | ghost) turns into layers.
+
+Layers are built from plain `nn.Sequential` containers where torchvision does the same, so that the parameter
+names (``0.weight``, ``1.running_mean``, ...) are the ones in torchvision's and timm's state_dict files.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from lnrepro.errors import UserInputError
+
+#: The values `model.conv` accepts, in the order they are listed to users.
+CONV_KINDS = ("standard", "dwpw", "ghost")
+
+ActLayer = Optional[Callable[..., nn.Module]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Width rounding
+# --------------------------------------------------------------------------------------------------------------
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
+    """Round `value` to the nearest multiple of `divisor`, never going below `round_limit` x `value`.
+
+    This is the rule of the TF-slim MobileNet code, used unchanged by torchvision (`_make_divisible`) and timm
+    (`make_divisible`): rounding to multiples of 8 keeps tensors aligned for mobile kernels, and the 90% floor stops
+    the rounding from removing more than 10% of a layer's channels.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
+        rounded += divisor
+    return int(rounded)
+
+
+def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """The one width-rounding function: `channels` scaled by the width multiplier, made divisible by `divisor`.
+
+    MobileNet V1/V2/V3, VGG16 and ResNet34 use divisor 8 (TF-slim, torchvision, timm), GhostNet divisor 4 (the
+    official code), ShuffleNet V1 divisor 4 x groups (so that every grouped 1x1 conv and the bottleneck of
+    width/4 split evenly into the groups). Width 1.0 returns `channels` unchanged whenever it is already divisible.
+    """
+    return make_divisible(channels * width, divisor)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Basic units
+# --------------------------------------------------------------------------------------------------------------
+class ConvBnAct(nn.Sequential):
+    """Conv2d -> BatchNorm2d -> activation (the activation is left out when `act_layer` is None).
+
+    An `nn.Sequential` like torchvision's `Conv2dNormActivation`, so the parameters are named ``0.weight``
+    (conv), ``1.weight``/``1.bias``/``1.running_*`` (BN) exactly as in torchvision's files. Padding keeps the
+    spatial size at stride 1 ("same" for odd kernels).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act_layer: ActLayer = nn.ReLU,
+        bias: bool = False,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding=(kernel_size - 1) // 2,
+                groups=groups,
+                bias=bias,
+            ),
+            nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+        ]
+        if act_layer is not None:
+            layers.append(act_layer(inplace=True))
+        super().__init__(*layers)
+        self.out_channels = out_channels
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation with a hard-sigmoid gate, as in MobileNet V3 and GhostNet.
+
+    Global average pool -> 1x1 conv down to `squeeze_channels` -> ReLU -> 1x1 conv back -> hard-sigmoid, which
+    then scales the input channel by channel. Hard-sigmoid (relu6(x + 3) / 6) is the MobileNet V3 paper's cheap
+    replacement for the sigmoid. Attribute names follow torchvision's `SqueezeExcitation` (fc1, fc2).
+    """
+
+    def __init__(self, channels: int, squeeze_channels: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
+        self.activation = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+        self.scale_activation = nn.Hardsigmoid(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean((2, 3), keepdim=True)
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(scale))))
+        return x * scale
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave the channels of `groups` groups (ShuffleNet V1 Fig. 1c): reshape to (groups, C/groups),
+    transpose, flatten. After it, each group of the next grouped conv sees channels from every group."""
+    batch, channels, height, width = x.shape
+    x = x.view(batch, groups, channels // groups, height, width)
+    x = x.transpose(1, 2).contiguous()
+    return x.view(batch, channels, height, width)
+
+
+class DepthwiseSeparable(nn.Sequential):
+    """A kxk depthwise conv and a 1x1 pointwise conv, each followed by BN and the activation (MobileNet V1).
+
+    `pointwise_act_layer` is the activation after the pointwise conv (None for a linear projection); the
+    depthwise conv is always followed by `act_layer`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+        act_layer: ActLayer = nn.ReLU,
+        pointwise_act_layer: ActLayer = nn.ReLU,
+        bias: bool = False,
+    ) -> None:
+        super().__init__(
+            ConvBnAct(
+                in_channels, in_channels, kernel_size, stride, groups=in_channels, act_layer=act_layer, bias=bias
+            ),
+            ConvBnAct(in_channels, out_channels, 1, act_layer=pointwise_act_layer, bias=bias),
+        )
+        self.out_channels = out_channels
+
+
+class GhostModule(nn.Module):
+    """The Ghost module of GhostNet (Han et al., CVPR 2020, Fig. 2b), as in the official code.
+
+    A 1x1 "primary" conv makes ceil(out/ratio) intrinsic feature maps; a cheap 3x3 depthwise conv makes
+    (ratio - 1) "ghost" maps from each of them; both are concatenated and cut to `out_channels`. Ratio 2 and
+    a 3x3 cheap conv are the paper's choice (Table 2/3). `act_layer=None` gives the linear module used as
+    the projection of a Ghost bottleneck. Names match timm (primary_conv, cheap_operation).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        ratio: int = 2,
+        kernel_size: int = 1,
+        cheap_kernel_size: int = 3,
+        stride: int = 1,
+        act_layer: ActLayer = nn.ReLU,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        init_channels = -(-out_channels // ratio)  # ceil
+        ghost_channels = init_channels * (ratio - 1)
+        self.primary_conv = ConvBnAct(in_channels, init_channels, kernel_size, stride, act_layer=act_layer, bias=bias)
+        self.cheap_operation = ConvBnAct(
+            init_channels, ghost_channels, cheap_kernel_size, 1, groups=init_channels, act_layer=act_layer, bias=bias
+        )
+        # Only an odd `out_channels` needs the concatenation cut back; skip the slice otherwise.
+        self._needs_cut = init_channels + ghost_channels != out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        intrinsic = self.primary_conv(x)
+        out = torch.cat([intrinsic, self.cheap_operation(intrinsic)], dim=1)
+        return out[:, : self.out_channels] if self._needs_cut else out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The conv-kind switch
+# --------------------------------------------------------------------------------------------------------------
+def check_conv_kind(kind: str) -> str:
+    """Return `kind` if it is one of CONV_KINDS, else raise a UserInputError naming the choices."""
+    if kind not in CONV_KINDS:
+        raise UserInputError(f"unknown conv kind {kind!r}; choose one of: {', '.join(CONV_KINDS)}")
+    return kind
+
+
+def conv3x3_slot(
+    kind: str,
+    in_ch: int,
+    out_ch: int,
+    stride: int = 1,
+    *,
+    act_layer: ActLayer = nn.ReLU,
+    bias: bool = False,
+    ghost_after_depthwise: bool = True,
+) -> nn.Module:
+    """What a 3x3 conv (with its BN and activation) becomes under `model.conv`, as the CIFAR-10 table of
+    seed 003 means it:
+
+    - ``standard``: a 3x3 conv, BN, activation;
+    - ``dwpw``: a 3x3 depthwise conv (BN, activation) and a 1x1 pointwise conv (BN, activation), the
+      MobileNet factorisation;
+    - ``ghost``: a 3x3 depthwise conv (BN, activation) and a Ghost module (1x1 primary conv, ratio 2, 3x3
+      cheap depthwise conv) in place of the pointwise conv. The seed's author explains that the official code
+      compresses MobileNet's pointwise conv further this way; a Ghost module alone in place of a 3x3 conv
+      would save less than the dwpw variant.
+
+    GhostNet calls this with ``ghost_after_depthwise=False``: there the slot *is* a Ghost module (a 1x1
+    primary conv), so ``ghost`` gives the plain Ghost module while ``standard`` and ``dwpw`` give the seed's
+    replacements of it (a 3x3 conv | a 3x3 depthwise + 1x1 pointwise conv).
+
+    `act_layer=None` makes the unit linear (no activation at its output); the depthwise conv inside dwpw/ghost
+    keeps its activation. `bias` adds conv biases (VGG16 has them).
+    """
+    check_conv_kind(kind)
+    if kind == "standard":
+        return ConvBnAct(in_ch, out_ch, 3, stride, act_layer=act_layer, bias=bias)
+    depthwise = ConvBnAct(in_ch, in_ch, 3, stride, groups=in_ch, act_layer=nn.ReLU, bias=bias)
+    if kind == "dwpw":
+        pointwise: nn.Module = ConvBnAct(in_ch, out_ch, 1, act_layer=act_layer, bias=bias)
+        return nn.Sequential(depthwise, pointwise)
+    ghost = GhostModule(in_ch, out_ch, act_layer=act_layer, bias=bias)
+    if not ghost_after_depthwise:
+        if stride != 1:
+            raise ValueError("a Ghost module slot without depthwise conv must have stride 1")
+        return ghost
+    return nn.Sequential(depthwise, ghost)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Initialisation and shared checks
+# --------------------------------------------------------------------------------------------------------------
+def init_weights(module: nn.Module) -> None:
+    """The torchvision MobileNet/ResNet initialisation: He-normal (fan_out) convs, BN at identity, classifier
+    weights N(0, 0.01) and zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+STEMS = ("imagenet", "cifar")
+
+
+def resolve_dropout(dropout: Optional[float], default: float) -> float:
+    """`dropout=None` means the paper's value for the family."""
+    return default if dropout is None else float(dropout)
+
+
+ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
+def activation_layer(name: str, model_name: str) -> Callable[..., nn.Module]:
+    """Look up an activation option by name, raising a UserInputError that lists the choices."""
+    if name not in ACTIVATIONS:
+        raise UserInputError(
+            f"{model_name}: activation={name!r} is not supported; choose one of: {', '.join(ACTIVATIONS)}"
+        )
+    return ACTIVATIONS[name]

@@ -1,0 +1,89 @@
+"""MobileNet V1 (Howard et al., 2017), "Efficient Convolutional Neural Networks for Mobile Vision Applications".
+
+Construction: the paper's Table 1, a 3x3 stride-2 conv and 13 depthwise-separable layers (3x3 depthwise + 1x1
+pointwise, each with BN and ReLU), global average pooling and one fully connected layer. The width multiplier
+alpha scales every layer (`scale_channels`, multiples of 8, which the paper's 1.0/0.75/0.5/0.25 already are).
+
+Activation: ReLU as in the paper; ``activation="relu6"`` gives TF-slim's and timm's `mobilenetv1_100`, whose
+files load by the ordered mapping of `registry.load_pretrained` (same layer order and shapes).
+
+stem="cifar": the stem conv and the first stride-2 depthwise layer (to 128 channels) run at stride 1, the
+MobileNet V2 CIFAR rule (total stride 8: a 32x32 image ends as a 4x4 feature map).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from lnrepro.models.layers import (
+    ConvBnAct,
+    DepthwiseSeparable,
+    activation_layer,
+    init_weights,
+    resolve_dropout,
+    scale_channels,
+)
+from lnrepro.models.registry import register_model
+
+# Paper Table 1: (output channels of the pointwise conv, stride of the depthwise conv) of the 13 layers.
+DEPTHWISE_SEPARABLE_SETTING = (
+    (64, 1),
+    (128, 2), (128, 1),
+    (256, 2), (256, 1),
+    (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
+    (1024, 2), (1024, 1),
+)  # fmt: skip
+
+
+class MobileNetV1(nn.Module):
+    classifier_name = "classifier"
+
+    def __init__(
+        self,
+        width: float = 1.0,
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        dropout: float = 0.0,
+        act_layer=nn.ReLU,
+    ) -> None:
+        super().__init__()
+        cifar = stem == "cifar"
+        in_channels = scale_channels(32, width)
+        layers: list[nn.Module] = [ConvBnAct(3, in_channels, 3, 1 if cifar else 2, act_layer=act_layer)]
+        first_downsampling_layer = True
+        for channels, stride in DEPTHWISE_SEPARABLE_SETTING:
+            if cifar and stride == 2 and first_downsampling_layer:
+                stride, first_downsampling_layer = 1, False  # the CIFAR rule: see the module docstring
+            out_channels = scale_channels(channels, width)
+            layers.append(
+                DepthwiseSeparable(
+                    in_channels, out_channels, stride, act_layer=act_layer, pointwise_act_layer=act_layer
+                )
+            )
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.num_features = in_channels
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(in_channels, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.classifier(self.dropout(x))
+
+
+@register_model("mobilenet_v1")
+def mobilenet_v1(
+    *, width: float, num_classes: int, stem: str, dropout: Optional[float], activation: str = "relu"
+) -> MobileNetV1:
+    """`activation`: "relu" (paper) or "relu6" (TF-slim / timm `mobilenetv1_100`).
+
+    The paper reports no dropout for MobileNet V1 (it uses "less regularization" than for large models), so the
+    default is 0; TF-slim's keep_prob of 0.999 is the same in effect.
+    """
+    act_layer = activation_layer(activation, "mobilenet_v1")
+    return MobileNetV1(width, num_classes, stem, resolve_dropout(dropout, 0.0), act_layer)

@@ -1,0 +1,98 @@
+"""MobileNet V2 (Sandler et al., CVPR 2018), "Inverted Residuals and Linear Bottlenecks".
+
+Construction: the paper's Table 2, channels scaled by the width multiplier and rounded to multiples of 8
+(`scale_channels`), the last 1x1 conv 1280 x max(1, width) wide (the paper keeps 1280 for widths below 1).
+It is torchvision's `mobilenet_v2` layer for layer, with its parameter names, so torchvision files load name
+for name; timm's `mobilenetv2_*` (same construction) load by the ordered mapping of `registry.load_pretrained`.
+
+stem="cifar": the stem conv and the first stride-2 stage (24 channels) run at stride 1, as in
+chenyaofo/pytorch-cifar-models, whose CIFAR-10 figures (cifar10_published.csv) this reproduces. The network's
+total stride drops from 32 to 8: a 32x32 image ends as a 4x4 feature map.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from lnrepro.models.layers import ConvBnAct, init_weights, resolve_dropout, scale_channels
+from lnrepro.models.registry import register_model
+
+# Paper Table 2: expansion factor t, output channels c, repeats n, stride s of the first repeat.
+INVERTED_RESIDUAL_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expansion (ReLU6) -> 3x3 depthwise (ReLU6) -> 1x1 linear projection, with a residual connection
+    when the block keeps the shape. The projection has no activation: the paper's "linear bottleneck"."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = int(round(in_channels * expand_ratio))
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvBnAct(in_channels, hidden, 1, act_layer=nn.ReLU6))
+        layers += [
+            ConvBnAct(hidden, hidden, 3, stride, groups=hidden, act_layer=nn.ReLU6),
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_res_connect:
+            return x + self.conv(x)
+        return self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    classifier_name = "classifier.1"
+
+    def __init__(
+        self,
+        width: float = 1.0,
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        cifar = stem == "cifar"
+        in_channels = scale_channels(32, width)
+        self.last_channels = scale_channels(1280, max(1.0, width))
+
+        features: list[nn.Module] = [ConvBnAct(3, in_channels, 3, 1 if cifar else 2, act_layer=nn.ReLU6)]
+        first_downsampling_stage = True
+        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+            if cifar and s == 2 and first_downsampling_stage:
+                s, first_downsampling_stage = 1, False  # the CIFAR rule: see the module docstring
+            out_channels = scale_channels(c, width)
+            for i in range(n):
+                features.append(InvertedResidual(in_channels, out_channels, s if i == 0 else 1, t))
+                in_channels = out_channels
+        features.append(ConvBnAct(in_channels, self.last_channels, 1, act_layer=nn.ReLU6))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channels, num_classes))
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.classifier(x)
+
+
+@register_model("mobilenet_v2")
+def mobilenet_v2(*, width: float, num_classes: int, stem: str, dropout: Optional[float]) -> MobileNetV2:
+    # Dropout 0.2 before the classifier: TF-slim's MobileNet V2 (keep_prob 0.8), also torchvision's.
+    return MobileNetV2(width, num_classes, stem, resolve_dropout(dropout, 0.2))

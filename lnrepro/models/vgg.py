@@ -1,0 +1,76 @@
+"""VGG16 (Simonyan & Zisserman, ICLR 2015), configuration D: 13 3x3 convs with biases in five blocks, each block
+closed by a 2x2 max-pool. As in torchvision's `vgg16_bn` and the common CIFAR ports, every conv is followed by
+BatchNorm and ReLU (the seed's VGG16 trains from scratch with Adam, which plain VGG16 does not do reliably).
+With stem="imagenet" it is torchvision's vgg16_bn, whose files load (ordered mapping of
+`registry.load_pretrained`).
+
+`conv` (the CIFAR-10 table of seed 003): every 3x3 conv becomes a standard 3x3 conv (default), a 3x3 depthwise +
+1x1 pointwise conv ("dwpw") or a 3x3 depthwise conv + Ghost module ("ghost"); see `layers.conv3x3_slot`.
+`width` scales the conv channels (multiples of 8); 1.0 is the paper's network.
+
+stem="imagenet": the paper's classifier, 7x7 adaptive average pooling and three fully connected layers
+(4096, 4096, classes) with dropout 0.5 (the paper's value) after the first two.
+stem="cifar": the five max-pools already bring a 32x32 image to 1x1, so the rule is the CIFAR ports' classifier
+(kuangliu/pytorch-cifar): one linear layer on the 512 pooled features, no dropout by default.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from lnrepro.models.layers import conv3x3_slot, init_weights, resolve_dropout, scale_channels
+from lnrepro.models.registry import register_model
+
+# Configuration D of the paper's Table 1: conv output channels, "M" for a 2x2 max-pool.
+VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+    def __init__(
+        self,
+        width: float = 1.0,
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        conv: str = "standard",
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for item in VGG16_CONFIG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                out_channels = scale_channels(item, width)
+                layers.append(conv3x3_slot(conv, in_channels, out_channels, bias=True))
+                in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        if stem == "cifar":
+            self.pool_size = 1
+            self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(in_channels, num_classes))
+        else:
+            self.pool_size = 7
+            self.classifier = nn.Sequential(
+                nn.Linear(in_channels * 7 * 7, 4096),
+                nn.ReLU(inplace=True),
+                nn.Dropout(p=dropout),
+                nn.Linear(4096, 4096),
+                nn.ReLU(inplace=True),
+                nn.Dropout(p=dropout),
+                nn.Linear(4096, num_classes),
+            )
+        self.classifier_name = f"classifier.{len(self.classifier) - 1}"
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, self.pool_size), 1)
+        return self.classifier(x)
+
+
+@register_model("vgg16", default_conv="standard")
+def vgg16(*, width: float, num_classes: int, stem: str, conv: str, dropout: Optional[float]) -> VGG:
+    return VGG(width, num_classes, stem, conv, resolve_dropout(dropout, 0.0 if stem == "cifar" else 0.5))
