@@ -21,8 +21,16 @@ class EpochSeeding(pl.Callback):
     def epoch_seed(self, epoch: int, rank: int) -> int:
         return (self.seed * 1_000_003 + epoch * 1_009 + rank) % 2**32
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def seed_epoch(self, trainer: pl.Trainer) -> None:
         seed = self.epoch_seed(trainer.current_epoch, trainer.global_rank)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # also seeds every CUDA device
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run resumed from a checkpoint written at the end of an epoch skips that resumed epoch's
+        # `on_train_epoch_start`; `on_train_start` always runs.
+        self.seed_epoch(trainer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seed_epoch(trainer)

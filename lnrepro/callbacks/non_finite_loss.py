@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 
 from lnrepro.errors import TrainingDivergedError
+
+
+def newest_checkpoint(trainer: pl.Trainer) -> str:
+    paths = {Path(p) for callback in trainer.checkpoint_callbacks
+             for p in (callback.best_model_path, callback.last_model_path) if p}
+    existing = [p for p in paths if p.is_file()]
+    return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else ""
 
 
 class StopOnNonFiniteLoss(pl.Callback):
@@ -19,8 +28,7 @@ class StopOnNonFiniteLoss(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None or bool(torch.isfinite(loss).all()):
             return
-        checkpoint = trainer.checkpoint_callback
-        last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint is not None else ""
+        last_good = newest_checkpoint(trainer)
         raise TrainingDivergedError(
             f"the training loss became {loss.item()} at epoch {trainer.current_epoch}, batch {batch_idx} "
             f"(global step {trainer.global_step}); last good checkpoint: {last_good or 'none yet'}. "

@@ -116,10 +116,12 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         pin_memory: bool = True,
         num_classes: int = 10,
         image_size: int = 32,
+        shuffle_seed: int = 0,
         stem: str | None = None,  # read by the model config, not here
         name: str = "cifar10",  # read by reports
     ):
-        super().__init__(batch_size, num_workers, pin_memory, crop_padding=4, flip=True, cutout=cutout)
+        super().__init__(batch_size, num_workers, pin_memory, crop_padding=4, flip=True, cutout=cutout,
+                         shuffle_seed=shuffle_seed)
         if subset is not None and subset <= 0:
             raise UserInputError(f"data.subset must be a positive number of images or null (got {subset})")
         if num_classes != 10 or image_size != 32:

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lnrepro.data import batch_augment
 from lnrepro.errors import UserInputError
@@ -38,6 +38,30 @@ class TensorImageDataset(Dataset):
         return self.images[index], self.labels[index]
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that is a function of (seed, epoch) alone.
+
+    torch's RandomSampler draws from the global RNG when iteration starts; on a resumed run Lightning starts that
+    iterator before any epoch-start hook can re-seed, so the resumed epoch would see another order. Lightning calls
+    `set_epoch` before each epoch (and wraps this sampler for DDP).
+    """
+
+    def __init__(self, length: int, seed: int = 0):
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+
 def _batch_is_ready(batch):
     # `__getitems__` already returned stacked tensors.
     return batch
@@ -67,6 +91,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         crop_padding: int = 0,
         flip: bool = False,
         cutout: int = 0,
+        shuffle_seed: int = 0,
     ):
         super().__init__()
         self.batch_size = check_batch_size(batch_size)
@@ -75,6 +100,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.crop_padding = crop_padding
         self.flip = flip
         self.cutout = cutout
+        self.shuffle_seed = shuffle_seed
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
@@ -85,11 +111,14 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.shuffle_seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             collate_fn=_batch_is_ready,
             persistent_workers=self.num_workers > 0,
+            # Its own generator: otherwise creating the iterator draws the worker base seed from the global RNG,
+            # at a point that differs between a fresh and a resumed run.
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
 import rich
 import rich.table
@@ -15,7 +14,7 @@ from lnrepro.errors import UserInputError
 from lnrepro.tasks.common import log, write_metrics
 from lnrepro.tasks.train import build_module, run_facts
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
-from lnrepro.utils.instantiate import instantiate_loggers
+from lnrepro.utils.instantiate import instantiate, instantiate_loggers
 
 # Only these parts of a stored run can be changed on eval's command line; the rest describes the trained weights.
 OVERRIDABLE = ("data", "model")
@@ -63,8 +62,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     del checkpoint
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(run_cfg.data)
-    trainer: pl.Trainer = hydra.utils.instantiate(
+    datamodule: pl.LightningDataModule = instantiate(run_cfg.data)
+    trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=instantiate_loggers(cfg.get("logger")) or False, enable_checkpointing=False
     )
     trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)

@@ -5,23 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro.tasks.common import hydra_multirun_name, log, write_metrics
 from lnrepro.training import ClassificationModule
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
-from lnrepro.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from lnrepro.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
 from lnrepro.utils.rich_config import print_config_tree
 
 
 def build_module(cfg: DictConfig, for_training: bool = True) -> ClassificationModule:
-    net = hydra.utils.instantiate(cfg.model)
+    net = instantiate(cfg.model)
     return ClassificationModule(
         net=net,
-        optimizer=hydra.utils.instantiate(cfg.optimizer) if for_training else None,
-        scheduler=hydra.utils.instantiate(cfg.scheduler) if for_training and cfg.get("scheduler") else None,
+        optimizer=instantiate(cfg.optimizer) if for_training else None,
+        scheduler=instantiate(cfg.scheduler) if for_training and cfg.get("scheduler") else None,
         num_classes=cfg.data.num_classes,
         **OmegaConf.to_container(cfg.get("module", {}), resolve=True),
         run_config=OmegaConf.to_container(cfg, resolve=True),
@@ -54,10 +53,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg)
     if cfg.get("ckpt_path"):
         check_matches(load_checkpoint(cfg.ckpt_path), module, cfg.ckpt_path)
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"), multirun_group=hydra_multirun_name())
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     metrics: dict[str, Any] = {}
     if cfg.get("train", True):

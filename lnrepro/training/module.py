@@ -57,8 +57,9 @@ class ClassificationModule(pl.LightningModule):
         self.mixup = self._make_mixup(mixup or {}, num_classes, label_smoothing)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        # Kept out of the module tree so that checkpoints hold the plain network's keys.
-        self._forward_net = torch.compile(self.net) if compile else self.net
+        # Kept out of the module tree (a plain attribute, not a submodule) so checkpoints hold the network once,
+        # under its plain keys.
+        self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
 
         top5 = min(5, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1)
@@ -80,7 +81,7 @@ class ClassificationModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self._forward_net(images)
+        return self._compiled_net(images) if self._compiled_net is not None else self.net(images)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch

@@ -7,9 +7,26 @@ import logging
 import hydra
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 
+from lnrepro.errors import USER_FACING_ERRORS
+
 log = logging.getLogger(__name__)
+
+
+def instantiate(config, **kwargs):
+    """`hydra.utils.instantiate`, but a user-facing error raised by the target comes out as itself rather than
+    wrapped in Hydra's InstantiationException, so it still prints as one line."""
+    try:
+        return hydra.utils.instantiate(config, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        while cause is not None and not isinstance(cause, USER_FACING_ERRORS):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def _configs(group: DictConfig | None, kind: str):
@@ -26,7 +43,7 @@ def instantiate_callbacks(group: DictConfig | None) -> list[Callback]:
     callbacks = []
     for name, config in _configs(group, "callbacks"):
         log.debug("callback %s: %s", name, config._target_)
-        callbacks.append(hydra.utils.instantiate(config))
+        callbacks.append(instantiate(config))
     return callbacks
 
 
@@ -38,5 +55,5 @@ def instantiate_loggers(group: DictConfig | None, multirun_group: str | None = N
         if config._target_.endswith("WandbLogger") and multirun_group and not config.get("group"):
             with open_dict(config):
                 config.group = multirun_group
-        loggers.append(hydra.utils.instantiate(config))
+        loggers.append(instantiate(config))
     return loggers

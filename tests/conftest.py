@@ -1,0 +1,101 @@
+"""Shared fixtures: configs composed the way train.py/eval.py compose them, pointed at a temporary directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
+
+# Tiny synthetic 32x32 data, unless a test picks other data.
+SYNTHETIC = ["data=synthetic", "data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=16"]
+# Quick: CPU, no progress bar.
+FAST = [
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "~callbacks.rich_progress_bar",
+    "print_config=false",
+]
+
+
+def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> DictConfig:
+    """Compose like `@hydra.main` does (including the `hydra` node), with every output under `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir / "logs")
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_train_cfg(tmp_path):
+    def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        data = [] if any(o.startswith("data=") for o in overrides) else SYNTHETIC
+        return compose_config("train", output_dir or tmp_path / "run", FAST + data + list(overrides))
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def make_eval_cfg(tmp_path):
+    def make(*overrides: str) -> DictConfig:
+        fast = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
+                "trainer.enable_model_summary=false"]
+        return compose_config("eval", tmp_path / "eval", fast + list(overrides))
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_and_offline(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def write_fake_cifar10(root: Path, images_per_file: int = 40, seed: int = 0) -> Path:
+    """CIFAR-10 in torchvision's on-disk format (pickled dicts of uint8 rows), small and random."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {
+            "batch_label": name.encode(),
+            "labels": rng.integers(0, 10, images_per_file).tolist(),
+            "data": rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8),
+            "filenames": [f"{name}_{i}.png".encode() for i in range(images_per_file)],
+        }
+        with open(folder / name, "wb") as file:
+            pickle.dump(entry, file)
+    with open(folder / "batches.meta", "wb") as file:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": images_per_file,
+                     "num_vis": 3072}, file)
+    return root
+
+
+@pytest.fixture
+def fake_cifar10(tmp_path) -> Path:
+    return write_fake_cifar10(tmp_path / "cifar10")
