@@ -24,9 +24,9 @@ FAST = [
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "~callbacks.rich_progress_bar",
     "print_config=false",
 ]
+NO_PROGRESS_BAR = ["~callbacks.rich_progress_bar"]
 
 
 def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> DictConfig:
@@ -47,7 +47,8 @@ def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> 
 def make_train_cfg(tmp_path):
     def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
         data = [] if any(o.startswith("data=") for o in overrides) else SYNTHETIC
-        return compose_config("train", output_dir or tmp_path / "run", FAST + data + list(overrides))
+        bar = [] if any(o.startswith("callbacks=") for o in overrides) else NO_PROGRESS_BAR
+        return compose_config("train", output_dir or tmp_path / "run", FAST + bar + data + list(overrides))
 
     yield make
     GlobalHydra.instance().clear()

@@ -25,6 +25,7 @@ from lnrepro.models.layers import (
     scale_channels,
 )
 from lnrepro.models.shufflenet_v1 import OFFICIAL_CHANNELS, stage_channels
+from lnrepro.models.shufflenet_v2 import stage_channels as v2_stage_channels
 
 ALL_MODELS = [
     "ghostnet",
@@ -67,6 +68,7 @@ def _variants() -> list[tuple[str, dict]]:
     ]
     variants += [("shufflenet_v1", dict(width=0.7, groups=4))]
     variants += [("shufflenet_v2", dict(width=w)) for w in (0.5, 1.0, 1.5, 2.0)]
+    variants += [("shufflenet_v2", dict(width=w)) for w in (0.25, 0.75, 1.25, 1.75)]  # off the table
     variants += [("ghostnet", dict(width=w, conv=c)) for w in (0.5, 1.0, 1.3) for c in ("standard", "dwpw", "ghost")]
     variants += [("ghostnet", dict(width=0.7))]
     variants += [("vgg16", dict(conv=c)) for c in ("standard", "dwpw", "ghost")]
@@ -162,6 +164,8 @@ def test_dropout_defaults_and_override():
     assert dropouts(build_model("ghostnet")) == [0.2]
     assert dropouts(build_model("shufflenet_v2", width=1.0)) == [0.0]
     assert dropouts(build_model("shufflenet_v2", width=2.0)) == [0.2]
+    assert dropouts(build_model("shufflenet_v2", width=1.25)) == [0.0]  # 0.2 above 1.5, with the 2048-wide conv5
+    assert dropouts(build_model("shufflenet_v2", width=1.75)) == [0.2]
     assert dropouts(build_model("vgg16", num_classes=10, stem="cifar")) == [0.0]
     assert dropouts(build_model("mobilenet_v2", dropout=0.35)) == [0.35]
     assert dropouts(build_model("resnet34", dropout=0.1, num_classes=10, stem="cifar")) == [0.1]
@@ -184,6 +188,33 @@ def test_shufflenet_v1_structure():
             stem, *stages = stage_channels(groups, width)
             assert all(c % (4 * groups) == 0 for c in stages)
             assert (stages[0] - stem) % groups == 0 and stages[0] > stem
+
+
+def test_shufflenet_v2_channels_at_any_width():
+    # Table 5 (torchvision's channels) is reproduced exactly by the rule.
+    table = {
+        0.5: (24, 48, 96, 192, 1024),
+        1.0: (24, 116, 232, 464, 1024),
+        1.5: (24, 176, 352, 704, 1024),
+        2.0: (24, 244, 488, 976, 2048),
+    }
+    for width, channels in table.items():
+        assert v2_stage_channels(width) == channels
+    # Off the table: piecewise-linear in between, even, stages 1 : 2 : 4, conv5 2048 above 1.5.
+    assert v2_stage_channels(0.25) == (24, 24, 48, 96, 1024)
+    assert v2_stage_channels(0.75) == (24, 82, 164, 328, 1024)
+    assert v2_stage_channels(1.25) == (24, 146, 292, 584, 1024)
+    assert v2_stage_channels(1.75) == (24, 210, 420, 840, 2048)
+    widths = [i / 100 for i in range(1, 401)]
+    all_channels = [v2_stage_channels(w) for w in widths]
+    for (_, *stages, _), (_, *next_stages, _) in zip(all_channels, all_channels[1:]):
+        assert stages[1] == 2 * stages[0] and stages[2] == 4 * stages[0] and stages[0] % 2 == 0 and stages[0] >= 2
+        assert next_stages >= stages  # monotonic in the width, no jump at the table widths
+    assert [c[-1] for c in all_channels] == [1024 if w <= 1.5 else 2048 for w in widths]
+    # The network is built with those channels.
+    model = build_model("shufflenet_v2", width=0.75)
+    assert [getattr(model, f"stage{i}")[-1].branch2[-3].out_channels * 2 for i in (2, 3, 4)] == [82, 164, 328]
+    assert model.conv5.out_channels == 1024 and model.fc.in_features == 1024
 
 
 def test_conv_switch_replaces_the_right_convs():
@@ -250,7 +281,8 @@ BAD_INPUT = [
     ("shufflenet_v1", dict(groups=5), "shufflenet_v1: groups=5 is not supported; choose one of 1, 2, 3, 4, 8"),
     ("shufflenet_v2", dict(groups=2), "shufflenet_v2 has no groups option (groups=2); model.groups applies to "
                                       "shufflenet_v1 only"),
-    ("shufflenet_v2", dict(width=0.75), "shufflenet_v2: width=0.75 is not supported; choose one of 0.5, 1, 1.5, 2"),
+    ("shufflenet_v2", dict(width=0), "width must be > 0 (got 0)"),
+    ("shufflenet_v2", dict(width=-1), "width must be > 0 (got -1)"),
     ("mobilenet_v2", dict(dropout=1.5), "dropout must be in [0, 1) or null for the paper's value (got 1.5)"),
     ("mobilenet_v2", dict(activation="relu6"), "mobilenet_v2 does not take option 'activation'; its options are: "
                                                "none"),

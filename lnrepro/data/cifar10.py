@@ -71,14 +71,22 @@ def read_batches(root: str | Path, names: tuple[str, ...]) -> tuple[torch.Tensor
             with open(path, "rb") as file:
                 entry = pickle.load(file, encoding="latin1")
             data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            batch_labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+            batch_labels = torch.as_tensor(entry["labels"] if "labels" in entry else entry["fine_labels"],
+                                           dtype=torch.long)
+            if batch_labels.shape != (len(data),):
+                raise ValueError(f"{len(data)} images but {batch_labels.numel()} labels")
+            if len(batch_labels) and not 0 <= int(batch_labels.min()) <= int(batch_labels.max()) < 10:
+                raise ValueError(f"labels outside 0..9 (min {int(batch_labels.min())}, "
+                                 f"max {int(batch_labels.max())})")
+        # Damaged bytes can make unpickling fail in almost any way (UnpicklingError, EOFError, OverflowError,
+        # MemoryError, ImportError from a garbled opcode, ...): all of them mean the same thing here.
+        except Exception as error:
             raise UserInputError(
                 f"{path} is not a readable CIFAR-10 batch ({type(error).__name__}: {error}); "
                 f"delete it and re-download (data.download=true)."
             ) from error
         images.append(torch.from_numpy(data.copy()))
-        labels.append(torch.as_tensor(batch_labels, dtype=torch.long))
+        labels.append(batch_labels)
     return torch.cat(images), torch.cat(labels)
 
 

@@ -18,6 +18,22 @@ from lnrepro.errors import UserInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Friendly names for timm's policy strings ("autoaugment" is what conf/data/imagenet.yaml advertises; timm calls the
+# AutoAugment paper's ImageNet policy "original" and fails with a bare AssertionError on names it does not know).
+AUTO_AUGMENT_ALIASES = {"autoaugment": "original", "randaugment": "rand-m9-mstd0.5"}
+
+
+def _train_transform(args: dict):
+    from timm.data import create_transform
+
+    try:
+        return create_transform(**args)
+    except (AssertionError, ValueError, KeyError) as error:  # timm asserts on unknown policy names
+        raise UserInputError(
+            f"data.auto_augment={args['auto_augment']!r} is not a policy timm knows ({type(error).__name__}: "
+            f"{error}). Use null, 'autoaugment', 'randaugment' or a timm policy string such as 'rand-m9-mstd0.5', "
+            f"'original-mstd0.5', 'v0' or 'augmix-m5-w4-d2'."
+        ) from error
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -54,6 +70,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.expected_classes = num_classes
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        if auto_augment is not None:
+            auto_augment = AUTO_AUGMENT_ALIASES.get(str(auto_augment).lower(), auto_augment)
         if eval_crop > eval_resize:
             raise UserInputError(f"data.eval_crop ({eval_crop}) cannot exceed data.eval_resize ({eval_resize})")
         self.train_transform_args = dict(
@@ -66,6 +84,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             mean=IMAGENET_MEAN, std=IMAGENET_STD,
         )
         self.train_set = self.val_set = self.test_set = None
+        _train_transform(self.train_transform_args)  # an unknown policy fails here, before any data is read
 
     def _folder(self, split: str) -> Path:
         folder = self.root / split
@@ -83,7 +102,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         from torchvision.datasets import ImageFolder
 
         train_folder, test_folder = self._folder("train"), self._folder("val")
-        train_view = ImageFolder(str(train_folder), transform=create_transform(**self.train_transform_args))
+        train_view = ImageFolder(str(train_folder), transform=_train_transform(self.train_transform_args))
         eval_view = ImageFolder(str(train_folder), transform=create_transform(**self.eval_transform_args))
         test_view = ImageFolder(str(test_folder), transform=create_transform(**self.eval_transform_args))
         if self.expected_classes != len(train_view.classes):

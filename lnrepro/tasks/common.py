@@ -51,15 +51,6 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    finally:
-        _finish_wandb()
-
-
-def _finish_wandb() -> None:
-    # A multirun is one process: each job must close its W&B run or the next job's logs land in it.
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
 
 
 def to_number(value: Any) -> Any:

@@ -14,7 +14,7 @@ from lnrepro.errors import UserInputError
 from lnrepro.tasks.common import log, write_metrics
 from lnrepro.tasks.train import build_module, run_facts
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
-from lnrepro.utils.instantiate import instantiate, instantiate_loggers
+from lnrepro.utils.instantiate import close_loggers, instantiate, instantiate_loggers
 
 # Only these parts of a stored run can be changed on eval's command line; the rest describes the trained weights.
 OVERRIDABLE = ("data", "model")
@@ -63,10 +63,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = instantiate(run_cfg.data)
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, logger=instantiate_loggers(cfg.get("logger")) or False, enable_checkpointing=False
-    )
-    trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
+    try:
+        trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+    finally:
+        close_loggers(loggers)
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
     print_table(metrics, title=f"{run_cfg.model.name} — {cfg.ckpt_path}")
     metrics.update(run_facts(run_cfg), ckpt_path=str(cfg.ckpt_path))

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from lnrepro.tasks.common import hydra_multirun_name, log, write_metrics
 from lnrepro.training import ClassificationModule
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
-from lnrepro.utils.instantiate import instantiate, instantiate_callbacks, instantiate_loggers
+from lnrepro.utils.instantiate import close_loggers, instantiate, instantiate_callbacks, instantiate_loggers
 from lnrepro.utils.rich_config import print_config_tree
 
 
@@ -40,6 +40,25 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: ClassificationModule,
+                 datamodule: pl.LightningDataModule) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    if cfg.get("train", True):
+        log.info("training %s", cfg.model.name)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+        metrics.update(trainer.callback_metrics)
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("no best checkpoint was saved: testing the current weights")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update(trainer.callback_metrics)
+        metrics["test/ckpt_path"] = best or None
+
+    metrics.update(run_facts(cfg), epochs=trainer.current_epoch, global_step=trainer.global_step)
+    return metrics
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, write `metrics.json` into the run directory; return the metrics."""
     output_dir = Path(cfg.paths.output_dir)
@@ -58,20 +77,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"), multirun_group=hydra_multirun_name())
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    metrics: dict[str, Any] = {}
-    if cfg.get("train", True):
-        log.info("training %s", cfg.model.name)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
-        metrics.update(trainer.callback_metrics)
-    if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
-            log.warning("no best checkpoint was saved: testing the current weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
-        metrics.update(trainer.callback_metrics)
-        metrics["test/ckpt_path"] = best or None
-
-    metrics.update(run_facts(cfg), epochs=trainer.current_epoch, global_step=trainer.global_step)
+    try:
+        metrics = fit_and_test(cfg, trainer, module, datamodule)
+    finally:
+        close_loggers(loggers)
     if trainer.is_global_zero:
         write_metrics(output_dir / "metrics.json", metrics)
     return metrics

@@ -57,3 +57,11 @@ def instantiate_loggers(group: DictConfig | None, multirun_group: str | None = N
                 config.group = multirun_group
         loggers.append(instantiate(config))
     return loggers
+
+
+def close_loggers(loggers: list[Logger]) -> None:
+    """Finish W&B runs: a multirun is one process, and an unfinished run would swallow the next job's logs
+    (and an offline run's file is complete only once finished)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()

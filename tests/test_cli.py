@@ -1,0 +1,99 @@
+"""train.py / eval.py as a user runs them: exit codes, one-line errors, multiruns, loggers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+QUICK = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16", "data.batch_size=16",
+         "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
+         "~callbacks.rich_progress_bar", "print_config=false", "model.width=0.5"]
+
+
+def run_script(script: str, *args: str, log_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    flags = [a for a in args if a.startswith("-")]  # Hydra's own flags (-m) come before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    return subprocess.run([sys.executable, str(ROOT / script), *flags, f"paths.log_dir={log_dir}", *overrides],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_unknown_model_lists_the_choices(tmp_path):
+    result = run_script("train.py", "model=resnet999", log_dir=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'model/resnet999'" in result.stderr
+    for family in ("ghostnet", "mobilenet_v2", "shufflenet_v1", "vgg16"):
+        assert family in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model.width=-1"], "width must be > 0"),
+        (["model=shufflenet_v1", "model.groups=5"], "groups=5"),
+        (["data=cifar10", "data.root=/nonexistent/cifar", "data.download=false"], "data.root"),
+        (["data.batch_size=0"], "data.batch_size must be a positive integer"),
+    ],
+)
+def test_bad_values_end_with_one_line_and_exit_2(tmp_path, args, message):
+    quick = [a for a in QUICK if not (a.startswith("data.") and any(x.startswith("data=") for x in args))]
+    result = run_script("train.py", *quick, *args, log_dir=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and message in last_line
+    assert "Traceback" not in result.stderr
+
+
+def test_train_then_eval_from_the_command_line(tmp_path):
+    trained = run_script("train.py", *QUICK, "model=shufflenet_v2", log_dir=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (metrics_path,) = tmp_path.glob("train/runs/*/metrics.json")
+    metrics = json.loads(metrics_path.read_text())
+    evaluated = run_script("eval.py", f"ckpt_path={metrics['test/ckpt_path']}", "trainer.accelerator=cpu",
+                           "trainer.enable_progress_bar=false", log_dir=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (eval_path,) = tmp_path.glob("eval/runs/*/metrics.json")
+    assert json.loads(eval_path.read_text())["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-7)
+    assert "test/acc" in evaluated.stdout  # the printed table
+
+
+def test_eval_of_a_corrupt_checkpoint_is_one_line(tmp_path):
+    corrupt = tmp_path / "bad.ckpt"
+    corrupt.write_text("not a checkpoint")
+    result = run_script("eval.py", f"ckpt_path={corrupt}", log_dir=tmp_path)
+    assert result.returncode == 2
+    assert "cannot be read" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_widths_and_survives_a_failing_job(tmp_path):
+    result = run_script("train.py", "-m", *[a for a in QUICK if not a.startswith("model.width")],
+                        "model=mobilenet_v2", "model.width=0.5,-1,1.0", log_dir=tmp_path)
+    # the job with width -1 fails; the others still run, and the sweep reports the failure
+    assert result.returncode != 0
+    sweeps = list(tmp_path.glob("train/multiruns/*"))
+    assert len(sweeps) == 1, result.stderr[-3000:]
+    (sweep,) = sweeps
+    finished = sorted(json.loads(p.read_text())["width"] for p in sweep.glob("*/metrics.json"))
+    assert finished == [0.5, 1.0]
+    assert (sweep / "1" / "train.log").read_text().count("width must be > 0") >= 1
+
+
+def test_wandb_offline_run_writes_its_files(make_train_cfg, tmp_path):
+    from lnrepro.tasks import train
+
+    cfg = make_train_cfg("logger=wandb", "model=shufflenet_v2", "model.width=0.5", "trainer.max_epochs=2")
+    train(cfg)
+    (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    (records,) = run_dir.glob("run-*.wandb")
+    content = records.read_bytes()
+    # the protobuf records hold the metric names and the config values as plain UTF-8
+    for needle in (b"val/acc", b"test/acc", b"train/loss", b"shufflenet_v2", b"lnrepro"):
+        assert needle in content, needle
