@@ -97,3 +97,14 @@ def test_wandb_offline_run_writes_its_files(make_train_cfg, tmp_path):
     # the protobuf records hold the metric names and the config values as plain UTF-8
     for needle in (b"val/acc", b"test/acc", b"train/loss", b"shufflenet_v2", b"lnrepro"):
         assert needle in content, needle
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_splits_the_data(tmp_path):
+    result = run_script("train.py", *QUICK, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                        "data.train_size=64", "trainer.max_epochs=2", log_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics_path,) = tmp_path.glob("train/runs/*/metrics.json")
+    metrics = json.loads(metrics_path.read_text())
+    # 64 images, batch 16 per process, 2 processes: 2 steps per epoch
+    assert metrics["global_step"] == 4 and metrics["epochs"] == 2

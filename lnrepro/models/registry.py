@@ -94,7 +94,7 @@ def build_model(
     """Build the network `name` (see `list_models()`).
 
     Args:
-        width: width multiplier (> 0); families with a fixed channel table accept only its widths.
+        width: width multiplier (> 0); every family accepts any width (see each family for its rounding).
         num_classes: size of the classifier output.
         stem: "imagenet" (the paper's network) or "cifar" (the family's documented 32x32 adaptation).
         conv: standard | dwpw | ghost on vgg16, resnet34, ghostnet; None = the family's default.
