@@ -141,7 +141,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternate the two pipelines this many times")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the torchvision pipeline")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads of the main process (default: torch's choice); torchvision's "
+                             "workers use one thread each whatever this says")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import ConvBnAct, channel_shuffle, init_weights, resolve_dropout, scale_channels
+from lnrepro.models.layers import ConvBnAct, channel_shuffle, init_megvii_weights, resolve_dropout, scale_channels
 from lnrepro.models.registry import register_model
 
 GROUP_CHOICES = (1, 2, 3, 4, 8)
@@ -126,7 +126,7 @@ class ShuffleNetV1(nn.Module):
         self.features = nn.Sequential(*units)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(in_channels, num_classes, bias=False)  # bias-free, as the official code
-        init_weights(self)
+        init_megvii_weights(self, stem=self.conv1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.maxpool(self.conv1(x)))

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import ConvBnAct, channel_shuffle, init_weights, make_divisible, resolve_dropout
+from lnrepro.models.layers import ConvBnAct, channel_shuffle, init_megvii_weights, make_divisible, resolve_dropout
 from lnrepro.models.registry import register_model
 
 # Paper Table 5: output channels of conv1, stages 2-4 and conv5 per width. `stage_channels` interpolates it for
@@ -138,7 +138,7 @@ class ShuffleNetV2(nn.Module):
         self.conv5 = ConvBnAct(in_channels, channels[-1], 1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels[-1], num_classes)
-        init_weights(self)
+        init_megvii_weights(self, stem=self.conv1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(x))
