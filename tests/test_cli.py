@@ -108,3 +108,14 @@ def test_ddp_on_two_cpu_processes_splits_the_data(tmp_path):
     metrics = json.loads(metrics_path.read_text())
     # 64 images, batch 16 per process, 2 processes: 2 steps per epoch
     assert metrics["global_step"] == 4 and metrics["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_on_the_returned_metric(tmp_path):
+    result = run_script("train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                        "hydra.sweeper.sampler.n_startup_trials=1", *QUICK, log_dir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = tmp_path.glob("train/multiruns/*")
+    assert len(list(sweep.glob("*/metrics.json"))) == 2
+    optimization = (sweep / "optimization_results.yaml").read_text()
+    assert "best_value" in optimization and "optimizer.lr" in optimization

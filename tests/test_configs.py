@@ -135,3 +135,14 @@ def test_optuna_search_uses_the_optuna_sweeper(make_train_cfg):
 def test_eval_config_composes(make_eval_cfg):
     cfg = make_eval_cfg("ckpt_path=/some/last.ckpt")
     assert cfg.ckpt_path == "/some/last.ckpt"
+
+
+def test_a_multirun_is_one_wandb_group(make_train_cfg):
+    from lnrepro.utils.instantiate import instantiate_loggers
+
+    cfg = make_train_cfg("logger=wandb", "tags=[a,b]")
+    (logger,) = instantiate_loggers(cfg.logger, multirun_group="train/2026-01-01_00-00-00")
+    assert logger._wandb_init["group"] == "train/2026-01-01_00-00-00"
+    assert logger._wandb_init["project"] == "lnrepro" and list(logger._wandb_init["tags"]) == ["a", "b"]
+    (single,) = instantiate_loggers(make_train_cfg("logger=wandb").logger, multirun_group=None)
+    assert single._wandb_init.get("group") is None
