@@ -1,4 +1,5 @@
+from lnrepro.callbacks.efficiency_profile import EfficiencyProfile
 from lnrepro.callbacks.epoch_seeding import EpochSeeding
 from lnrepro.callbacks.non_finite_loss import StopOnNonFiniteLoss
 
-__all__ = ["EpochSeeding", "StopOnNonFiniteLoss"]
+__all__ = ["EfficiencyProfile", "EpochSeeding", "StopOnNonFiniteLoss"]

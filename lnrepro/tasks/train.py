@@ -55,6 +55,10 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: ClassificationMod
         metrics.update(trainer.callback_metrics)
         metrics["test/ckpt_path"] = best or None
 
+    # Callbacks that measure the run (EfficiencyProfile) leave their final figures in a `metrics` dict.
+    for callback in trainer.callbacks:
+        if isinstance(getattr(callback, "metrics", None), dict):
+            metrics.update(callback.metrics)
     metrics.update(run_facts(cfg), epochs=trainer.current_epoch, global_step=trainer.global_step)
     return metrics
 

@@ -1,0 +1,180 @@
+"""Efficiency figures of every training run: static counts, training/validation speed, and at the end latency,
+throughput and peak memory, sent to every logger and kept in `self.metrics` for metrics.json."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lnrepro.profiling import (inference_peak_memory, inference_throughput, latency, measurement_context,
+                               static_metrics, synchronize, training_peak_memory)
+
+log = logging.getLogger(__name__)
+MB = 2**20
+
+
+class EfficiencyProfile(pl.Callback):
+    """Measures the network while it trains, without slowing it down.
+
+    - At fit start: parameters, multiply-adds, FLOPs (= 2 x multiply-adds) and memory access cost for one image
+      of `image_size` (None: the size of the first training batch), on the network (`pl_module.net` when the
+      module has one), in eval mode under no_grad, train mode restored.
+    - Every epoch: training time (wall clock of the epoch minus its validation, so checkpoint writing counts as
+      training, as it does on the user's clock), images/s, and validation time. Timers read
+      `time.perf_counter()` after synchronising the device at epoch and validation boundaries only; images are
+      counted from the batch shape in `on_train_batch_end`, which needs no synchronisation. The first
+      `warmup_steps` steps of epoch 0 (allocator growth, kernel selection) are left out of images/s, and
+      `train/epoch_s` is the median over epochs, leaving out epoch 0 when there are others. Under DDP, images/s
+      is rank 0's rate times the world size.
+    - At the end of training (`measure_at_end`): latency at batch 1 (median and p90 of `latency_runs`),
+      inference throughput at `throughput_batch` (None: the training batch size), and peak memory: on a GPU,
+      `torch.cuda.max_memory_allocated` over the whole fit (`memory/peak_mb`); on the CPU, one measured
+      training step on a copy of the network (see `lnrepro.profiling.memory`). Inference runs on the trained
+      network itself (no copy), in eval mode under no_grad; train mode is restored.
+
+    Final values are in `self.metrics` (stable keys, see README) and go to every logger's `log_metrics` (numbers
+    only) and, for W&B, to the run summary (with the context strings).
+    """
+
+    def __init__(self, image_size: int | list[int] | None = None, warmup_steps: int = 10,
+                 measure_at_end: bool = True, latency_runs: int = 20, latency_warmup: int = 3,
+                 throughput_batch: int | None = None, throughput_runs: int = 3, memory: bool = True) -> None:
+        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
+        self.warmup_steps = warmup_steps
+        self.measure_at_end = measure_at_end
+        self.latency_runs = latency_runs
+        self.latency_warmup = latency_warmup
+        self.throughput_batch = throughput_batch
+        self.throughput_runs = throughput_runs
+        self.memory = memory
+        self.metrics: dict[str, float | int | str] = {}
+        self._reset_timers()
+
+    def _reset_timers(self) -> None:
+        self._train_batch_size: int | None = None
+        self._input_shape: tuple[int, ...] | None = None
+        self._epoch_start = 0.0
+        self._val_start = 0.0
+        self._val_seconds_in_epoch = 0.0
+        self._epoch_seconds: list[float] = []
+        self._val_seconds: list[float] = []
+        self._images = 0  # images counted after warm-up
+        self._counted_seconds = 0.0  # training seconds after warm-up
+        self._count_from: float | None = None  # clock time from which this epoch's images are counted
+        self._images_in_epoch = 0
+
+    # ---------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def network(pl_module: pl.LightningModule) -> nn.Module:
+        return getattr(pl_module, "net", pl_module)
+
+    def publish(self, trainer: pl.Trainer, values: dict[str, Any]) -> None:
+        """Send `values` to every logger: numbers through `log_metrics` at the current step; W&B's summary gets
+        everything (its summary is what a W&B table of runs shows)."""
+        if not trainer.is_global_zero:
+            return
+        numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for logger in trainer.loggers:
+            if numbers:
+                logger.log_metrics(numbers, step=trainer.global_step)
+            if type(logger).__name__ == "WandbLogger":
+                logger.experiment.summary.update(values)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset_timers()
+        self.metrics = {}
+        if self.image_size is not None:
+            self._count_static(trainer, pl_module, self.image_size)
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def _count_static(self, trainer: pl.Trainer, pl_module: pl.LightningModule, input_size) -> None:
+        self._input_shape = tuple(input_size) if isinstance(input_size, (list, tuple)) else (3, input_size, input_size)
+        counts = static_metrics(self.network(pl_module), self._input_shape)
+        self.metrics.update(counts)
+        self.publish(trainer, counts)
+        log.info("%s: %.3fM params, %.1fM multiply-adds (%.1fM FLOPs) per %s image", type(self.network(pl_module))
+                 .__name__, counts["params"] / 1e6, counts["macs"] / 1e6, counts["flops"] / 1e6,
+                 "x".join(map(str, self._input_shape)))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        synchronize(pl_module.device)
+        self._epoch_start = time.perf_counter()
+        self._val_seconds_in_epoch = 0.0
+        # After epoch 0 every step counts.
+        self._count_from = None if trainer.current_epoch == 0 and self.warmup_steps > 0 else self._epoch_start
+        self._images_in_epoch = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._input_shape is None:  # no image_size configured: count on the first batch's image size
+            self._count_static(trainer, pl_module, list(batch[0].shape[1:]))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        batch_size = len(batch[0])
+        self._train_batch_size = self._train_batch_size or batch_size
+        if self._count_from is None:
+            if batch_idx + 1 >= self.warmup_steps:  # the last warm-up step is done: start counting (one sync)
+                synchronize(pl_module.device)
+                self._count_from = time.perf_counter()
+        else:
+            self._images_in_epoch += batch_size
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            synchronize(pl_module.device)
+            self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        synchronize(pl_module.device)
+        seconds = time.perf_counter() - self._val_start
+        self._val_seconds.append(seconds)
+        self._val_seconds_in_epoch += seconds
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning runs the epoch's validation before this hook: its time is taken out.
+        synchronize(pl_module.device)
+        now = time.perf_counter()
+        self._epoch_seconds.append(now - self._epoch_start - self._val_seconds_in_epoch)
+        if self._count_from is not None and self._images_in_epoch:
+            self._images += self._images_in_epoch
+            self._counted_seconds += now - self._count_from - self._val_seconds_in_epoch
+        self._update_speed(trainer)
+        self.publish(trainer, {k: v for k, v in self.metrics.items() if k.endswith("_s") or k.endswith("per_s")})
+
+    def _update_speed(self, trainer: pl.Trainer) -> None:
+        epochs = self._epoch_seconds[1:] or self._epoch_seconds
+        self.metrics["train/epoch_s"] = statistics.median(epochs)
+        if self._val_seconds:
+            self.metrics["val/epoch_s"] = statistics.median(self._val_seconds)
+        if self._images and self._counted_seconds > 0:
+            self.metrics["train/imgs_per_s"] = self._images / self._counted_seconds * trainer.world_size
+
+    # ---------------------------------------------------------------------------------------------------------
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        net = self.network(pl_module)
+        batch_size = self.throughput_batch or self._train_batch_size or 1
+        input_shape = self._input_shape or (3, 32, 32)
+        if pl_module.device.type == "cuda" and self.memory:  # the fit's own peak, before anything else runs
+            self.metrics["memory/peak_mb"] = torch.cuda.max_memory_allocated(pl_module.device) / MB
+        if self.measure_at_end and trainer.is_global_zero:
+            one = latency(net, input_shape, runs=self.latency_runs, warmup=self.latency_warmup)
+            self.metrics["latency_ms"], self.metrics["latency_p90_ms"] = one.median_ms, one.p90_ms
+            self.metrics["infer/imgs_per_s"] = inference_throughput(
+                net, batch_size, input_shape, runs=self.throughput_runs, warmup=1).images_per_s
+            if self.memory:
+                self.metrics["memory/infer_peak_mb"] = inference_peak_memory(net, batch_size, input_shape).peak_mb
+                if pl_module.device.type != "cuda":
+                    train_batch = self._train_batch_size or batch_size
+                    self.metrics["memory/peak_mb"] = training_peak_memory(net, train_batch, input_shape).peak_mb
+        self.metrics.update(measurement_context(net, batch_size, input_shape))
+        self.metrics["batch_size"] = self._train_batch_size or batch_size
+        self.publish(trainer, self.metrics)

@@ -1,0 +1,109 @@
+"""Direct efficiency metrics measured with a clock: latency and throughput.
+
+Every function runs on the device and in the dtype where the model's parameters are (pass `device` to move the
+model there first; `nn.Module.to` moves it in place). Timers read `time.perf_counter()` after synchronising the
+device, so queued GPU work is included. Inputs are random tensors made once, before timing.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lnrepro.profiling.context import (InputSize, input_shape, measurement_context, model_device, model_dtype,
+                                       percentile, synchronize)
+from lnrepro.profiling.counts import evaluation_mode
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    p90_ms: float
+    runs: int
+    context: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Throughput:
+    images_per_s: float
+    context: dict[str, Any]
+
+
+def _placed(model: nn.Module, device: torch.device | str | None) -> nn.Module:
+    return model if device is None or torch.device(device) == model_device(model) else model.to(device)
+
+
+def _random_images(model: nn.Module, batch_size: int, input_size: InputSize) -> torch.Tensor:
+    return torch.randn(batch_size, *input_shape(input_size), device=model_device(model), dtype=model_dtype(model))
+
+
+def _timed(step: Callable[[], Any], device: torch.device, runs: int, warmup: int) -> list[float]:
+    """Seconds of each of `runs` calls of `step`, after `warmup` untimed calls (allocator growth, cuDNN/oneDNN
+    kernel selection and lazy initialisation happen in the first calls)."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def latency(model: nn.Module, input_size: InputSize, device: torch.device | str | None = None, runs: int = 50,
+            warmup: int = 5) -> Latency:
+    """Inference latency of one image (batch 1): median and 90th percentile over `runs` forward passes in eval
+    mode under no_grad, after `warmup` passes, in milliseconds. The model's train/eval mode is restored."""
+    model = _placed(model, device)
+    images = _random_images(model, 1, input_size)
+    with evaluation_mode(model):
+        seconds = _timed(lambda: model(images), model_device(model), runs, warmup)
+    ms = [1000 * s for s in seconds]
+    return Latency(percentile(ms, 50), percentile(ms, 90), runs, measurement_context(model, 1, input_size))
+
+
+def inference_throughput(model: nn.Module, batch_size: int, input_size: InputSize,
+                         device: torch.device | str | None = None, runs: int = 10, warmup: int = 2) -> Throughput:
+    """Images per second of forward passes at `batch_size` in eval mode under no_grad: batch_size x runs
+    images over the summed time of the `runs` timed passes (after `warmup` passes)."""
+    model = _placed(model, device)
+    images = _random_images(model, batch_size, input_size)
+    with evaluation_mode(model):
+        seconds = _timed(lambda: model(images), model_device(model), runs, warmup)
+    return Throughput(batch_size * runs / sum(seconds), measurement_context(model, batch_size, input_size))
+
+
+def train_step_fn(model: nn.Module, batch_size: int, input_size: InputSize) -> Callable[[], None]:
+    """One training step on a fixed random batch: forward, cross-entropy against random labels, backward, SGD
+    step with momentum 0.9 (the optimizer and its state are created here, the state on the first step)."""
+    images = _random_images(model, batch_size, input_size)
+    with evaluation_mode(model):
+        num_classes = model(images[:1]).shape[-1]
+    labels = torch.randint(0, num_classes, (batch_size,), device=images.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    return step
+
+
+def training_throughput(model: nn.Module, batch_size: int, input_size: InputSize,
+                        device: torch.device | str | None = None, runs: int = 5, warmup: int = 2) -> Throughput:
+    """Images per second of training steps (forward + backward + SGD step, see `train_step_fn`) at
+    `batch_size`, in train mode. It trains a deep copy of the model, so the caller's weights, BatchNorm
+    statistics and optimizer are untouched (the copy costs the model's memory once more)."""
+    model = copy.deepcopy(_placed(model, device)).train()
+    step = train_step_fn(model, batch_size, input_size)
+    seconds = _timed(step, model_device(model), runs, warmup)
+    return Throughput(batch_size * runs / sum(seconds), measurement_context(model, batch_size, input_size))

@@ -1,0 +1,147 @@
+"""Find the `metrics.json` of runs and multiruns and turn each into one report row."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lnrepro.errors import UserInputError
+
+
+class ReportError(UserInputError):
+    """Nothing to report, or a path that cannot be read: one line for the user."""
+
+
+def _natural_key(path: Path) -> list:
+    # multiruns/<time>/10 after multiruns/<time>/9
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def find_metrics_files(paths: list[str | Path]) -> list[Path]:
+    """Every metrics.json under the given directories (recursively), or the given files themselves."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise ReportError(f"{path} does not exist: give run directories such as logs/train/runs/<time> "
+                              f"or logs/train/multiruns/<time>")
+        if path.is_file():
+            found.append(path)
+        else:
+            found.extend(sorted(path.rglob("metrics.json"), key=_natural_key))
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        where = ", ".join(str(p) for p in paths) or "(no directory given)"
+        raise ReportError(f"no metrics.json found under {where}: point report.py at a run directory "
+                          f"(logs/train/runs/<time>) or a multirun (logs/train/multiruns/<time>) that has finished")
+    return unique
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def input_resolution(metrics: dict[str, Any]) -> int | None:
+    """The input side in pixels: `input_size` as 224, [3, 224, 224], "224x224" or "1x3x224x224"; else by data."""
+    size = metrics.get("input_size")
+    if isinstance(size, (list, tuple)) and size:
+        size = size[-1]
+    if isinstance(size, str):
+        digits = re.findall(r"\d+", size)
+        size = digits[-1] if digits else None
+    number = _number(size)
+    if number:
+        return int(number)
+    return {"imagenet": 224, "cifar10": 32}.get(str(metrics.get("data")))
+
+
+@dataclass
+class Run:
+    """One metrics.json, with the report's figures in the units the table shows."""
+
+    path: Path
+    metrics: dict[str, Any]
+    values: dict[str, float | None] = field(default_factory=dict)
+    top1_source: str | None = None
+
+    @property
+    def model(self) -> str:
+        return str(self.metrics.get("model") or "?")
+
+    @property
+    def conv(self) -> str | None:
+        return self.metrics.get("conv") or None
+
+    @property
+    def groups(self) -> int | None:
+        value = _number(self.metrics.get("groups"))
+        return int(value) if value is not None else None
+
+    @property
+    def width(self) -> float:
+        value = _number(self.metrics.get("width"))
+        return 1.0 if value is None else value
+
+    @property
+    def stem(self) -> str | None:
+        return self.metrics.get("stem") or None
+
+    @property
+    def name(self) -> str:
+        """vgg16_conv, resnet34_dwpw, ghostnet_ghost (the seed table's names), shufflenet_v1_g3_x0.5, ..."""
+        name = self.model
+        if self.conv:
+            name += "_" + ("conv" if self.conv == "standard" else self.conv)
+        if self.groups is not None:
+            name += f"_g{self.groups}"
+        if self.width != 1.0:
+            name += f"_x{self.width:g}"
+        return name
+
+
+def load_run(path: Path, conv_only: bool = False) -> Run:
+    """`conv_only`: params and FLOPs of Conv2d layers only (as the seed table counts them)."""
+    metrics = json.loads(path.read_text())
+    if not isinstance(metrics, dict):
+        raise ValueError("not a JSON object")
+    get = lambda key: _number(metrics.get(key))  # noqa: E731
+    top1, source = get("test/acc"), "test"
+    if top1 is None:
+        top1, source = get("val/acc_best"), "val"
+    flops = get("flops_conv" if conv_only else "flops")
+    if flops is None and get("macs" if not conv_only else "macs_conv") is not None:
+        flops = 2 * get("macs" if not conv_only else "macs_conv")
+    run = Run(path=path, metrics=metrics, top1_source=source if top1 is not None else None)
+    run.values = {
+        "params": get("params_conv" if conv_only else "params"),
+        "flops": flops,
+        "train_s_per_epoch": get("train/epoch_s"),
+        "val_s": get("val/epoch_s"),
+        "infer_ms_per_image": get("latency_ms"),
+        "memory_mb": get("memory/peak_mb"),
+        "top1": None if top1 is None else 100.0 * top1,
+    }
+    return run
+
+
+def load_runs(paths: list[str | Path], conv_only: bool = False) -> list[Run]:
+    runs = []
+    for file in find_metrics_files(paths):
+        try:
+            runs.append(load_run(file, conv_only=conv_only))
+        except (OSError, ValueError) as error:  # a run killed while writing, or not ours: skip it, say so
+            print(f"warning: skipping {file}: {error}", file=sys.stderr)
+    if not runs:
+        raise ReportError(f"none of the metrics.json files under {', '.join(map(str, paths))} could be read")
+    return runs

@@ -1,0 +1,133 @@
+"""Published tables (reference CSVs) and how a run finds its row in them.
+
+Three layouts are recognised by their header:
+
+- the seed's CIFAR-10 table (`cifar10_seed_table.csv`: model,stem,params,flops,train_s_per_epoch,...): a run matches
+  the row named `<model>_<conv>` (conv `standard` is called `conv`, as the seed does) with the same `stem`; params
+  and FLOPs are then the conv-only counts (`params_conv`, `flops_conv`), as the seed counts them;
+- published ImageNet figures (`imagenet_published.csv`: family,width,groups,resolution,...): a run matches the row
+  with its model as `family`, the same `width`, the same `groups` (empty in the CSV = the run has none) and a
+  `resolution` equal to the run's input side (`input_size`, else 224 for data=imagenet, 32 for cifar10);
+- published CIFAR-10 ports (`cifar10_published.csv`: model,width,...): model and width, CIFAR-10 runs only.
+
+Any other CSV with a `model` column matches a run whose row name or model equals it (and `width`, when there is such
+a column). When several rows match, the first one is used. `macs_m` (millions of multiply-adds) is shown as FLOPs =
+2 x multiply-adds; `gpu_memory_gb` as MB (x 1024).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lnrepro.reporting.collect import ReportError, Run, input_resolution
+
+SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def parse_amount(text: str | None) -> float | None:
+    """'14.7M' -> 14.7e6, '877K' -> 877e3, '2.32G' -> 2.32e9, '83.9' -> 83.9, '' -> None."""
+    if text is None:
+        return None
+    text = text.strip().replace(",", "")
+    match = re.fullmatch(r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*([KMGT]?)B?", text, flags=re.IGNORECASE)
+    if not match:
+        return None
+    return float(match.group(1)) * SUFFIX[match.group(2).upper()]
+
+
+@dataclass
+class Reference:
+    path: Path
+    kind: str  # "seed" | "imagenet" | "cifar10_published" | "generic"
+    rows: list[dict[str, str]]
+
+    @property
+    def conv_only(self) -> bool:
+        return self.kind == "seed"
+
+    @property
+    def how(self) -> str:
+        return {
+            "seed": "row `<model>_<conv>` (standard = `conv`) with the same stem; params and FLOPs count Conv2d "
+                    "layers only, as the seed does",
+            "imagenet": "family = model, same width, same groups, resolution = the run's input side",
+            "cifar10_published": "model and width (CIFAR-10 runs only); the first matching row",
+            "generic": "`model` = the row name or the model (and the same width when the CSV has one)",
+        }[self.kind]
+
+    def label(self, row: dict[str, str]) -> str:
+        if self.kind == "seed" or self.kind == "generic":
+            return row.get("model", "?")
+        name = row.get("family") or row.get("model") or "?"
+        if row.get("groups"):
+            name += f"_g{row['groups']}"
+        if row.get("width") and float(row["width"]) != 1.0:
+            name += f"_x{float(row['width']):g}"
+        if self.kind == "imagenet" and row.get("resolution") and row["resolution"] != "224":
+            name += f"@{row['resolution']}"
+        return name
+
+    def values(self, row: dict[str, str]) -> dict[str, float | None]:
+        """The row's figures in the report's columns and units."""
+        out: dict[str, float | None] = {
+            "params": parse_amount(row.get("params")),
+            "flops": parse_amount(row.get("flops")),
+            "train_s_per_epoch": parse_amount(row.get("train_s_per_epoch")),
+            "val_s": parse_amount(row.get("val_s")),
+            "infer_ms_per_image": parse_amount(row.get("infer_ms_per_image")),
+            "memory_mb": None,
+            "top1": parse_amount(row.get("top1")),
+        }
+        if out["flops"] is None and parse_amount(row.get("macs_m")) is not None:
+            out["flops"] = 2 * parse_amount(row["macs_m"]) * 1e6
+        if parse_amount(row.get("gpu_memory_gb")) is not None:
+            out["memory_mb"] = parse_amount(row["gpu_memory_gb"]) * 1024
+        if parse_amount(row.get("memory_mb")) is not None:
+            out["memory_mb"] = parse_amount(row["memory_mb"])
+        return out
+
+    def _matches(self, run: Run, row: dict[str, str]) -> bool:
+        same_width = lambda: not row.get("width") or abs(float(row["width"]) - run.width) < 1e-9  # noqa: E731
+        if self.kind == "seed":
+            return row.get("model") == run.name and (not row.get("stem") or row["stem"] == run.stem)
+        if self.kind == "imagenet":
+            groups = int(row["groups"]) if row.get("groups") else None
+            resolution = int(row["resolution"]) if row.get("resolution") else None
+            return (row.get("family") == run.model and same_width() and groups == run.groups
+                    and (resolution is None or resolution == input_resolution(run.metrics)))
+        if self.kind == "cifar10_published":
+            return (row.get("model") == run.model and same_width()
+                    and str(run.metrics.get("data", "cifar10")) == "cifar10")
+        return row.get("model") in (run.name, run.model) and same_width()
+
+    def match(self, run: Run) -> int | None:
+        """Index of the first row that describes this run, or None."""
+        for index, row in enumerate(self.rows):
+            if self._matches(run, row):
+                return index
+        return None
+
+
+def load_reference(path: str | Path) -> Reference:
+    path = Path(path).expanduser()
+    try:
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+    except OSError as error:
+        raise ReportError(f"reference table {path} cannot be read ({error.strerror or error})") from error
+    columns = set(rows[0]) if rows else set()
+    if {"model", "stem", "train_s_per_epoch"} <= columns:
+        kind = "seed"
+    elif {"family", "width", "resolution"} <= columns:
+        kind = "imagenet"
+    elif {"model", "width", "macs_m"} <= columns:
+        kind = "cifar10_published"
+    elif "model" in columns:
+        kind = "generic"
+    else:
+        raise ReportError(f"reference table {path} has no `model` or `family` column (header: "
+                          f"{', '.join(sorted(columns)) or 'empty'})")
+    return Reference(path=path, kind=kind, rows=rows)

@@ -1,0 +1,273 @@
+"""`make_report(dirs)`: runs -> report.md, report.csv and PNG plots, in the seed table's column order.
+
+Columns (the seed table's order): model (row name), stem, params, FLOPs, train s/epoch, val s, ms/image, memory,
+top-1. Sources in metrics.json: `params` (`params_conv` with the seed table), `flops` (`flops_conv`; FLOPs = 2 x
+multiply-adds), `train/epoch_s`, `val/epoch_s`, `latency_ms` (batch-1 median), `memory/peak_mb`, `test/acc`
+(`val/acc_best` when a run has no test, marked with a dagger). A missing value is "-".
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lnrepro.reporting.collect import Run, load_runs
+from lnrepro.reporting.plots import scatter_plot
+from lnrepro.reporting.reference import Reference, load_reference
+
+# (csv column, Markdown header) in the seed table's order
+COLUMNS = [
+    ("model", "model"),
+    ("stem", "stem"),
+    ("params", "params"),
+    ("flops", "FLOPs"),
+    ("train_s_per_epoch", "train s/epoch"),
+    ("val_s", "val s"),
+    ("infer_ms_per_image", "ms/image"),
+    ("memory_mb", "memory"),
+    ("top1", "top-1 %"),
+]
+FIGURES = [name for name, _ in COLUMNS[2:]]
+# after the main columns in report.csv: how and where each figure was measured
+# (csv column, metrics.json key)
+EXTRA = [(key, key) for key in ("latency_p90_ms", "infer/imgs_per_s", "train/imgs_per_s")] + [
+    ("params_total", "params"), ("params_conv", "params_conv"), ("macs", "macs"), ("flops_total", "flops"),
+    ("flops_conv", "flops_conv")] + [(key, key) for key in (
+        "mac_bytes", "width", "conv", "groups", "data", "epochs", "device", "dtype", "threads", "batch_size",
+        "input_size", "torch_version")]
+PLOTS = {
+    "top1_vs_flops": ("flops", "top1"),
+    "top1_vs_latency": ("infer_ms_per_image", "top1"),
+    "flops_vs_latency": ("flops", "infer_ms_per_image"),
+}
+MISSING = "-"
+
+
+def _significant(value: float, digits: int = 3) -> str:
+    text = f"{value:.{digits}g}"
+    if "e" in text:  # 1.23e+03 -> 1230
+        text = f"{value:.0f}"
+    return text
+
+
+def format_value(column: str, value: float | None) -> str:
+    """How the Markdown shows a figure: 14.7M, 877K, 2.32G, 10.6, 4.8 GB, 83.9."""
+    if value is None:
+        return MISSING
+    if column in ("params", "flops"):
+        for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+            if abs(value) >= scale:
+                return _significant(value / scale) + suffix
+        return _significant(value)
+    if column == "memory_mb":
+        return f"{_significant(value / 1024)} GB" if value >= 1024 else f"{_significant(value)} MB"
+    if column == "top1":
+        return f"{value:.1f}"
+    return _significant(value)
+
+
+@dataclass
+class ReportRow:
+    run: Run
+    reference: dict[str, float | None] | None = None
+    reference_label: str | None = None
+
+    def csv_record(self, with_reference: bool, root: Path) -> dict[str, Any]:
+        record: dict[str, Any] = {"model": self.run.name, "stem": self.run.stem or ""}
+        record.update({name: "" if self.run.values[name] is None else round(self.run.values[name], 6)
+                       for name in FIGURES})
+        if with_reference:
+            record["ref_model"] = self.reference_label or ""
+            for name in FIGURES:
+                value = (self.reference or {}).get(name)
+                record[f"ref_{name}"] = "" if value is None else value
+        record["top1_split"] = self.run.top1_source or ""
+        for column, key in EXTRA:
+            value = self.run.metrics.get(key)
+            record[column] = "" if value is None else value
+        record["run_dir"] = _relative(self.run.path.parent, root)
+        return record
+
+
+@dataclass
+class Report:
+    rows: list[ReportRow]
+    reference: Reference | None
+    out_dir: Path
+    markdown: str = ""
+    files: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve())) or "."
+    except ValueError:
+        return str(path)
+
+
+def _common_root(runs: list[Run]) -> Path:
+    return Path(os.path.commonpath([str(run.path.parent) for run in runs]))
+
+
+def build_rows(runs: list[Run], reference: Reference | None) -> tuple[list[ReportRow], list[str]]:
+    """Rows in reference order (matched runs first), then the rest in path order; notes on what did not match."""
+    notes: list[str] = []
+    if reference is None:
+        return [ReportRow(run) for run in runs], notes
+    matched, unmatched, used = [], [], set()
+    for run in runs:
+        index = reference.match(run)
+        if index is None:
+            unmatched.append(ReportRow(run))
+        else:
+            used.add(index)
+            row = reference.rows[index]
+            matched.append((index, ReportRow(run, reference.values(row), reference.label(row))))
+    rows = [row for _, row in sorted(matched, key=lambda item: item[0])] + unmatched
+    if unmatched:
+        notes.append(f"no row of {reference.path.name} for: {', '.join(r.run.name for r in unmatched)} "
+                     f"(matching: {reference.how})")
+    if reference.kind == "seed":
+        missing = [r["model"] for i, r in enumerate(reference.rows) if i not in used]
+        if missing:
+            notes.append(f"rows of {reference.path.name} with no run: {', '.join(missing)}")
+    return rows, notes
+
+
+def render_markdown(report: Report, sources: list[str]) -> str:
+    with_reference = report.reference is not None
+    lines = ["# lnrepro report", ""]
+    lines.append(f"{len(report.rows)} run(s) from {', '.join(sources)}.")
+    if with_reference:
+        lines.append(f"Cells read `measured / published`; published figures from `{report.reference.path.name}`, "
+                     f"matched by {report.reference.how}.")
+    lines.append("FLOPs = 2 x multiply-adds. ms/image: batch-1 median latency. memory: peak memory of the run. "
+                 "top-1: test split (`†`: validation, the run has no test).")
+    devices = sorted({str(r.run.metrics.get("device")) for r in report.rows if r.run.metrics.get("device")})
+    if devices:
+        lines.append(f"Measured on: {', '.join(devices)}.")
+    lines.append("")
+    headers = [header for _, header in COLUMNS]
+    lines.append("| " + " | ".join(headers) + " |")
+    lines.append("| " + " | ".join(["---", "---"] + ["---:"] * len(FIGURES)) + " |")
+    for row in report.rows:
+        cells = [row.run.name, row.run.stem or MISSING]
+        for name in FIGURES:
+            cell = format_value(name, row.run.values[name])
+            if name == "top1" and row.run.top1_source == "val":
+                cell += "†"
+            if with_reference:
+                cell += " / " + (format_value(name, row.reference.get(name)) if row.reference else MISSING)
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    if report.notes:
+        lines.append("")
+        lines.extend(f"- {note}" for note in report.notes)
+    plots = [(name, path) for name, path in report.files.items() if path.suffix == ".png"]
+    if plots:
+        lines.append("")
+        for name, path in plots:
+            lines.append(f"![{name.replace('_', ' ')}]({path.name})")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(report: Report, path: Path) -> Path:
+    with_reference = report.reference is not None
+    root = _common_root([row.run for row in report.rows])
+    records = [row.csv_record(with_reference, root) for row in report.rows]
+    fieldnames = list(records[0]) if records else [name for name, _ in COLUMNS]
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(records)
+    return path
+
+
+def make_plots(report: Report) -> None:
+    labels = {"flops": "FLOPs (2 x multiply-adds)", "top1": "top-1 accuracy (%)",
+              "infer_ms_per_image": "latency, batch 1 (ms/image)"}
+    for name, (x_key, y_key) in PLOTS.items():
+        points = [(r.run.values[x_key], r.run.values[y_key], r.run.name) for r in report.rows]
+        points = [p for p in points if p[0] is not None and p[1] is not None]
+        if not points:
+            report.notes.append(f"plot {name} skipped: no run has both {x_key} and {y_key}")
+            continue
+        published = None
+        # published points only where the x axis does not depend on the hardware (FLOPs)
+        if report.reference is not None and name == "top1_vs_flops":
+            seen = {}
+            for r in report.rows:
+                if r.reference and r.reference.get(x_key) is not None and r.reference.get(y_key) is not None:
+                    seen[r.reference_label] = (r.reference[x_key], r.reference[y_key])
+            if seen:
+                published = ([v[0] for v in seen.values()], [v[1] for v in seen.values()], list(seen))
+        title = {"top1_vs_flops": "Top-1 vs FLOPs", "top1_vs_latency": "Top-1 vs measured latency",
+                 "flops_vs_latency": "FLOPs vs measured latency"}[name]
+        report.files[name] = scatter_plot(
+            report.out_dir / f"{name}.png", [p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
+            xlabel=labels[x_key], ylabel=labels[y_key], title=title, log_x=x_key == "flops",
+            pareto=name == "top1_vs_latency", published=published,
+        )
+
+
+def make_report(
+    paths: list[str | Path],
+    reference: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    plots: bool = True,
+) -> Report:
+    """Gather every metrics.json under `paths`; write report.md, report.csv and the plots into `out_dir`.
+
+    `out_dir` defaults to the directory given when there is one, else ./report. Raises `ReportError` (one line)
+    when no metrics.json is found.
+    """
+    ref = load_reference(reference) if reference else None
+    runs = load_runs(list(paths), conv_only=bool(ref and ref.conv_only))
+    if out_dir is None:
+        out_dir = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path("report")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, notes = build_rows(runs, ref)
+    report = Report(rows=rows, reference=ref, out_dir=out, notes=notes)
+    if ref is not None and ref.conv_only and any(r.run.values["params"] is None for r in rows):
+        report.notes.append("params/FLOPs need `params_conv`/`flops_conv` in metrics.json (the seed table counts "
+                            "Conv2d layers only); runs without them show '-'")
+    if plots:
+        make_plots(report)
+    report.files["csv"] = write_csv(report, out / "report.csv")
+    report.markdown = render_markdown(report, [str(p) for p in paths])
+    report.files["markdown"] = out / "report.md"
+    report.files["markdown"].write_text(report.markdown)
+    return report
+
+
+def wandb_group_of(path: str | Path) -> str | None:
+    """`<task>/<sweep time>` for logs/<task>/multiruns/<time>: the group train.py gives that multirun's runs."""
+    path = Path(path).resolve()
+    if path.parent.name == "multiruns":
+        return f"{path.parent.parent.name}/{path.name}"
+    return None
+
+
+def log_to_wandb(report: Report, project: str = "lnrepro", group: str | None = None) -> str:
+    """One W&B run (job_type=report) holding the table and the plots as images; returns its directory."""
+    import wandb
+
+    run = wandb.init(project=project, group=group, job_type="report", dir=str(report.out_dir),
+                     name=f"report-{report.out_dir.resolve().name}", reinit=True)
+    try:
+        with open(report.files["csv"], newline="") as file:
+            records = list(csv.reader(file))
+        run.log({"report/table": wandb.Table(columns=records[0], data=records[1:])})
+        images = {f"report/{name}": wandb.Image(str(path)) for name, path in report.files.items()
+                  if path.suffix == ".png"}
+        if images:
+            run.log(images)
+        run.summary["report/runs"] = len(report.rows)
+        return run.dir
+    finally:
+        run.finish()

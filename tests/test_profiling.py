@@ -1,0 +1,142 @@
+"""Efficiency measurements: counts against hand-computed values, timings and memory for sanity, profile.py and
+the EfficiencyProfile callback end to end on tiny inputs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lnrepro.models import build_model
+from lnrepro.models.layers import DepthwiseSeparable, GhostModule
+from lnrepro.profiling import (count_macs, count_parameters, inference_peak_memory, inference_throughput, latency,
+                               memory_access_cost, training_peak_memory, training_throughput)
+
+from tests.conftest import compose_config
+
+SIZE = (16, 16, 16)  # C x H x W of the small blocks' input
+PIXELS = 16 * 16
+BYTES = 4  # fp32
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10))
+
+
+def test_single_conv_counts():
+    conv = nn.Conv2d(16, 32, 3, padding=1)  # with bias
+    weights = 32 * 16 * 3 * 3 + 32
+    assert count_parameters(conv).total == count_parameters(conv).conv == weights
+    macs = count_macs(conv, SIZE)
+    assert macs.macs == macs.conv_macs == 32 * 16 * 9 * PIXELS  # the bias adds are not multiply-adds
+    assert macs.flops == 2 * macs.macs
+    assert memory_access_cost(conv, SIZE).total == (16 * PIXELS + 32 * PIXELS + weights) * BYTES
+
+
+def test_depthwise_separable_counts():
+    block = DepthwiseSeparable(16, 32)  # dw 3x3 + BN + ReLU, pw 1x1 + BN + ReLU, no conv bias
+    depthwise, pointwise, batchnorms = 16 * 9, 16 * 32, 2 * 16 + 2 * 32
+    params = count_parameters(block)
+    assert (params.total, params.trainable, params.conv) == (depthwise + pointwise + batchnorms,) * 2 + (
+        depthwise + pointwise,)
+    macs = count_macs(block, SIZE)
+    assert macs.macs == macs.conv_macs == (depthwise + pointwise) * PIXELS  # BN/ReLU are not counted
+    cost = memory_access_cost(block, SIZE)
+    assert cost.per_layer == {"0.0": (16 * PIXELS + 16 * PIXELS + depthwise) * BYTES,
+                              "1.0": (16 * PIXELS + 32 * PIXELS + pointwise) * BYTES}
+    assert cost.total == sum(cost.per_layer.values())
+
+
+def test_ghost_module_counts():
+    ghost = GhostModule(16, 32)  # 16 intrinsic maps by a 1x1 conv, 16 ghosts by a 3x3 depthwise conv on them
+    primary, cheap, batchnorms = 16 * 16, 16 * 9, 2 * 16 + 2 * 16
+    params = count_parameters(ghost)
+    assert (params.total, params.conv) == (primary + cheap + batchnorms, primary + cheap)
+    assert count_macs(ghost, SIZE).macs == count_macs(ghost, SIZE).conv_macs == (primary + cheap) * PIXELS
+    assert memory_access_cost(ghost, SIZE).total == ((16 + 16) * PIXELS + primary + (16 + 16) * PIXELS + cheap) * BYTES
+
+
+def test_mobilenet_v2_matches_the_published_300m_multiply_adds():
+    net = build_model("mobilenet_v2", width=1.0)
+    macs = count_macs(net, 224)
+    assert macs.macs == pytest.approx(300e6, rel=0.01)  # the paper's Table 4 / torchvision's 0.30 "GFLOPS"
+    assert count_parameters(net).total == pytest.approx(3.50e6, rel=0.01)
+    rows = {layer.name: layer for layer in macs.layers}
+    assert rows["classifier.1"].macs == 1280 * 1000 and rows["classifier.1"].output_shape == (1000,)
+    assert macs.macs - macs.conv_macs == 1280 * 1000  # only the classifier is outside the convolutions
+
+
+def test_counting_leaves_the_model_as_it_was():
+    net = tiny_net().train()
+    before = net[1].running_mean.clone()
+    count_macs(net, 8)
+    assert net.training and torch.equal(net[1].running_mean, before)
+
+
+def test_latency_and_throughput_are_positive_with_a_sane_spread():
+    net = tiny_net()
+    result = latency(net, 8, runs=10, warmup=2)
+    assert 0 < result.median_ms <= result.p90_ms
+    assert result.context["batch_size"] == 1 and result.context["input_size"] == "3x8x8"
+    assert set(result.context) == {"device", "dtype", "threads", "batch_size", "input_size", "torch_version"}
+    assert inference_throughput(net, 4, 8, runs=3, warmup=1).images_per_s > 0
+    weights = net[0].weight.clone()
+    assert training_throughput(net, 4, 8, runs=2, warmup=1).images_per_s > 0
+    assert torch.equal(net[0].weight, weights)  # trained a copy
+
+
+def test_peak_memory_is_positive_and_grows_with_the_batch():
+    net = tiny_net()
+    small, large = (inference_peak_memory(net, batch, 16).peak_mb for batch in (2, 64))
+    assert 0 < small < large
+    small, large = (training_peak_memory(net, batch, 16).peak_mb for batch in (2, 64))
+    assert 0 < small < large
+    # Training keeps activations, gradients and momentum: more than inference at the same batch.
+    assert large > inference_peak_memory(net, 64, 16).peak_mb
+
+
+PROFILE_FAST = ["data=synthetic", "data.image_size=16", "profile.runs=3", "profile.warmup=1", "profile.batch_size=2",
+                "profile.memory=false", "profile.train=false"]
+
+
+def test_profile_task_gives_one_row_per_model(tmp_path, capsys):
+    from lnrepro.tasks.profile import profile
+
+    rows = []
+    for number, model in enumerate(["shufflenet_v2", "mobilenet_v2"]):
+        cfg = compose_config("profile", tmp_path / str(number), [f"model={model}", "model.width=0.25", *PROFILE_FAST])
+        rows.append(profile(cfg))
+        saved = json.loads((tmp_path / str(number) / "metrics.json").read_text())
+        assert saved["model"] == model and saved["macs"] > 0 and saved["latency_ms"] > 0
+    printed = capsys.readouterr().out
+    assert printed.count("shufflenet_v2") == 1 and printed.count("mobilenet_v2") == 1
+    assert rows[0]["flops"] == 2 * rows[0]["macs"]
+
+
+CALLBACK_KEYS = {"params", "params_trainable", "params_conv", "macs", "flops", "flops_conv", "mac_bytes",
+                 "train/imgs_per_s", "train/epoch_s", "val/epoch_s", "latency_ms", "latency_p90_ms",
+                 "infer/imgs_per_s", "memory/peak_mb", "device", "dtype", "threads", "batch_size", "input_size",
+                 "torch_version"}
+
+
+def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
+    train_task = importlib.import_module("lnrepro.tasks.train")  # the package's `train` attribute is the function
+    made = []
+    real = train_task.instantiate_callbacks
+    monkeypatch.setattr(train_task, "instantiate_callbacks", lambda group: made.extend(real(group)) or made)
+    cfg = make_train_cfg("model=shufflenet_v2", "model.width=0.25", "data.image_size=16", "trainer.max_epochs=2",
+                         "test=false", "callbacks=[default,efficiency_profile]", "~callbacks.rich_progress_bar",
+                         "callbacks.efficiency_profile.warmup_steps=2", "callbacks.efficiency_profile.latency_runs=3",
+                         "logger=csv")
+    train_task.train(cfg)
+    profile = next(c for c in made if type(c).__name__ == "EfficiencyProfile")
+    assert CALLBACK_KEYS <= set(profile.metrics)
+    assert profile.metrics["train/imgs_per_s"] > 0 and profile.metrics["latency_ms"] > 0
+    assert profile.metrics["batch_size"] == 16 and profile.metrics["input_size"] == "3x16x16"
+    csv_header = next(Path(cfg.paths.output_dir).rglob("metrics.csv")).read_text().splitlines()[0]
+    assert "train/imgs_per_s" in csv_header and "latency_ms" in csv_header  # reached the logger
