@@ -140,3 +140,5 @@ def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
     assert profile.metrics["batch_size"] == 16 and profile.metrics["input_size"] == "3x16x16"
     csv_header = next(Path(cfg.paths.output_dir).rglob("metrics.csv")).read_text().splitlines()[0]
     assert "train/imgs_per_s" in csv_header and "latency_ms" in csv_header  # reached the logger
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert CALLBACK_KEYS <= set(saved)  # the train task merges the callback's figures
