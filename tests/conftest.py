@@ -25,6 +25,8 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "print_config=false",
+    # the end-of-fit latency/throughput/memory measurement has its own tests
+    "++callbacks.efficiency_profile.measure_at_end=false",
 ]
 NO_PROGRESS_BAR = ["~callbacks.rich_progress_bar"]
 

@@ -99,7 +99,8 @@ def split_train_val(count: int, val_size: int, seed: int) -> tuple[torch.Tensor,
 
 
 class CIFAR10DataModule(InMemoryImageDataModule):
-    """Training images: random crop (4-pixel zero padding) + horizontal flip (+ optional cutout) on the device.
+    """Training images: random crop (`crop_padding` pixels of zero padding, 0 = off) + horizontal flip (`flip`)
+    (+ optional cutout) on the device.
 
     The validation split is held out of the 50,000 training images (seeded, `val_size`); the official 10,000 test
     images are used only by `trainer.test`, never for model selection. `subset` keeps the first N training images
@@ -120,6 +121,8 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         subset: int | None = None,
         val_size: int = 5000,
         split_seed: int = 0,
+        crop_padding: int = 4,
+        flip: bool = True,
         cutout: int = 0,
         pin_memory: bool = True,
         num_classes: int = 10,
@@ -128,7 +131,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         stem: str | None = None,  # read by the model config, not here
         name: str = "cifar10",  # read by reports
     ):
-        super().__init__(batch_size, num_workers, pin_memory, crop_padding=4, flip=True, cutout=cutout,
+        super().__init__(batch_size, num_workers, pin_memory, crop_padding=crop_padding, flip=flip, cutout=cutout,
                          shuffle_seed=shuffle_seed)
         if subset is not None and subset <= 0:
             raise UserInputError(f"data.subset must be a positive number of images or null (got {subset})")

@@ -50,6 +50,13 @@ def cosine_with_warmup(
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
 
+def linear(optimizer: Optimizer, *, steps_per_epoch: int, max_epochs: int, end_factor: float = 0.0) -> dict:
+    """lr decays linearly to `end_factor` x lr over the run, every step (ShuffleNet V1/V2's schedule)."""
+    total_steps = max(1, steps_per_epoch * max_epochs)
+    scheduler = LinearLR(optimizer, start_factor=1.0, end_factor=end_factor, total_iters=total_steps)
+    return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+
+
 def step(optimizer: Optimizer, *, steps_per_epoch: int, max_epochs: int, step_size: int = 30,
          gamma: float = 0.1) -> dict:
     return _per_epoch(StepLR(optimizer, step_size=step_size, gamma=gamma))
