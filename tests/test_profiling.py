@@ -130,7 +130,7 @@ def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
     real = train_task.instantiate_callbacks
     monkeypatch.setattr(train_task, "instantiate_callbacks", lambda group: made.extend(real(group)) or made)
     cfg = make_train_cfg("model=shufflenet_v2", "model.width=0.25", "data.image_size=16", "trainer.max_epochs=2",
-                         "test=false", "callbacks=[default,efficiency_profile]", "~callbacks.rich_progress_bar",
+                         "test=false", "callbacks.efficiency_profile.measure_at_end=true",
                          "callbacks.efficiency_profile.warmup_steps=2", "callbacks.efficiency_profile.latency_runs=3",
                          "logger=csv")
     train_task.train(cfg)
