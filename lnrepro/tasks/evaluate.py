@@ -70,7 +70,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     finally:
         close_loggers(loggers)
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
-    print_table(metrics, title=f"{run_cfg.model.name} — {cfg.ckpt_path}")
+    log.info("evaluated %s on the test split", cfg.ckpt_path)
+    print_table(metrics, title=f"{run_cfg.model.name} (test split)")
     metrics.update(run_facts(run_cfg), ckpt_path=str(cfg.ckpt_path))
     if trainer.is_global_zero:
         write_metrics(Path(cfg.paths.output_dir) / "metrics.json", metrics)
