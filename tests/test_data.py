@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from lnrepro.data import batch_augment
 from lnrepro.data.cifar10 import FOLDER, MEAN, STD, TEST_FILES, TRAIN_FILES, CIFAR10DataModule
-from lnrepro.data.in_memory import EpochShuffleSampler, TensorImageDataset
+from lnrepro.data.in_memory import TensorImageDataset
+from lnrepro.data.loading import EpochShuffleSampler
 from lnrepro.errors import UserInputError
 from tests.conftest import write_fake_cifar10
 

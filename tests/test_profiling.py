@@ -142,3 +142,74 @@ def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
     assert "train/imgs_per_s" in csv_header and "latency_ms" in csv_header  # reached the logger
     saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert CALLBACK_KEYS <= set(saved)  # the train task merges the callback's figures
+
+
+def _write_wandb_log(path: Path, records: list[bytes]) -> None:
+    """A `.wandb` file in W&B's LevelDB-style log format (crc left 0: the reader does not check it)."""
+    from lnrepro.utils.wandb_offline import BLOCK, CHUNK, FIRST, FULL, HEADER, LAST, MIDDLE
+
+    out = bytearray(HEADER.pack(b":W&B", 0xBEE1, 0))
+    for data in records:
+        first = True
+        while True:
+            left = BLOCK - len(out) % BLOCK
+            if left < CHUNK.size:
+                out += bytes(left)
+                continue
+            piece, data = data[:left - CHUNK.size], data[left - CHUNK.size:]
+            kind = (FULL if not data else FIRST) if first else (LAST if not data else MIDDLE)
+            out += CHUNK.pack(0, len(piece), kind) + piece
+            first = False
+            if not data:
+                break
+    path.write_bytes(bytes(out))
+
+
+def test_offline_reader_joins_records_split_across_blocks(tmp_path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from lnrepro.utils.wandb_offline import read_offline_run
+
+    big, small = pb.Record(), pb.Record()
+    big.config.update.add(key="model.width", value_json="0.5")
+    big.config.update.add(key="notes", value_json=json.dumps("x" * 80_000))  # spans three 32 KiB blocks
+    item = small.summary.update.add(value_json='"table-file"')
+    item.nested_key.extend(["profile/layers", "_type"])
+    small.summary.update.add(key="flops", value_json="42")
+    _write_wandb_log(tmp_path / "run-x.wandb", [small.SerializeToString(), big.SerializeToString(),
+                                                small.SerializeToString()])
+    run = read_offline_run(tmp_path)
+    assert run.config["model.width"] == 0.5 and len(run.config["notes"]) == 80_000
+    assert run.summary["flops"] == 42 and set(run.tables()) == {"profile/layers"}
+
+
+def test_wandb_offline_run_holds_the_profile(make_train_cfg):
+    """What reached W&B, read back from the offline run file: the profile and the test accuracy in the summary,
+    the config flattened, and the per-layer table (its rows in the run's files)."""
+    from lnrepro.tasks import train
+    from lnrepro.utils.wandb_offline import read_offline_run
+
+    cfg = make_train_cfg("logger=wandb", "model=shufflenet_v2", "model.width=0.25", "data.image_size=16",
+                         "callbacks.efficiency_profile.measure_at_end=true",
+                         "callbacks.efficiency_profile.warmup_steps=1", "callbacks.efficiency_profile.latency_runs=3",
+                         "callbacks.efficiency_profile.latency_warmup=1",
+                         "callbacks.efficiency_profile.throughput_runs=1")
+    metrics = train(cfg)
+    (run_dir,) = (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")
+    run = read_offline_run(run_dir)
+
+    for key in ("params", "flops", "mac_bytes", "train/imgs_per_s", "latency_ms", "test/acc"):
+        assert isinstance(run.summary.get(key), (int, float)), key
+    assert run.summary["flops"] == metrics["flops"] == 2 * run.summary["macs"]
+    assert run.summary["device"] == "cpu" and run.summary["input_size"] == "3x16x16"  # the context strings too
+
+    assert run.config["model.width"] == 0.25 and run.config["optimizer.lr"] == cfg.optimizer.lr
+    assert "model" not in run.config  # flattened, not nested
+
+    table = run.tables()["profile/layers"]
+    content = json.loads((run_dir / "files" / table["path"]).read_text())
+    assert content["columns"] == ["layer", "type", "macs", "flops", "params", "output_shape", "mac_bytes"]
+    rows = {row[0]: row for row in content["data"]}
+    assert sum(row[2] for row in rows.values()) == run.summary["macs"]
+    conv = next(row for row in content["data"] if row[1] == "Conv2d")
+    assert conv[3] == 2 * conv[2] and conv[6] > 0 and conv[5].count("x") == 2

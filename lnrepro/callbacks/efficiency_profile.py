@@ -10,10 +10,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
-from lnrepro.profiling import (inference_peak_memory, inference_throughput, latency, measurement_context,
-                               static_metrics, synchronize, training_peak_memory)
+from lnrepro.profiling import (count_macs, inference_peak_memory, inference_throughput, latency,
+                               measurement_context, static_metrics, synchronize, training_peak_memory)
+from lnrepro.profiling.report import LAYER_COLUMNS, layer_rows
 
 log = logging.getLogger(__name__)
 MB = 2**20
@@ -39,8 +41,12 @@ class EfficiencyProfile(pl.Callback):
       network itself (no copy), in eval mode under no_grad; train mode is restored.
 
     Final values are in `self.metrics` (stable keys, see README) and go to every logger's `log_metrics` (numbers
-    only) and, for W&B, to the run summary (with the context strings).
+    only) and, for W&B, to the run summary (with the context strings). A W&B run also gets, at fit start, a
+    Table `profile/layers` of the per-layer breakdown (`lnrepro.profiling.report.LAYER_COLUMNS`: layer, type,
+    multiply-adds, FLOPs, parameters, output shape, memory access bytes), from the same count as the totals.
     """
+
+    TABLE_KEY = "profile/layers"
 
     def __init__(self, image_size: int | list[int] | None = None, warmup_steps: int = 10,
                  measure_at_end: bool = True, latency_runs: int = 20, latency_warmup: int = 3,
@@ -83,8 +89,12 @@ class EfficiencyProfile(pl.Callback):
         for logger in trainer.loggers:
             if numbers:
                 logger.log_metrics(numbers, step=trainer.global_step)
-            if type(logger).__name__ == "WandbLogger":
+            if isinstance(logger, WandbLogger):
                 logger.experiment.summary.update(values)
+
+    @staticmethod
+    def wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
+        return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
 
     # ---------------------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -97,9 +107,16 @@ class EfficiencyProfile(pl.Callback):
 
     def _count_static(self, trainer: pl.Trainer, pl_module: pl.LightningModule, input_size) -> None:
         self._input_shape = tuple(input_size) if isinstance(input_size, (list, tuple)) else (3, input_size, input_size)
-        counts = static_metrics(self.network(pl_module), self._input_shape)
+        net = self.network(pl_module)
+        wandb_loggers = self.wandb_loggers(trainer) if trainer.is_global_zero else []
+        macs = count_macs(net, self._input_shape) if wandb_loggers else None  # counted once, for both
+        counts = static_metrics(net, self._input_shape, macs=macs)
         self.metrics.update(counts)
         self.publish(trainer, counts)
+        if macs is not None:
+            rows = layer_rows(macs)
+            for logger in wandb_loggers:
+                logger.log_table(self.TABLE_KEY, columns=LAYER_COLUMNS, data=rows, step=trainer.global_step)
         log.info("%s: %.3fM params, %.1fM multiply-adds (%.1fM FLOPs) per %s image", type(self.network(pl_module))
                  .__name__, counts["params"] / 1e6, counts["macs"] / 1e6, counts["flops"] / 1e6,
                  "x".join(map(str, self._input_shape)))

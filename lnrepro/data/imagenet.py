@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
-from lnrepro.data.in_memory import check_batch_size
+from lnrepro.data.loading import SplitDataModule
 from lnrepro.errors import UserInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,7 +35,9 @@ def _train_transform(args: dict):
         ) from error
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
+    drop_last_train = True  # full batches only: BN statistics of a tiny last batch are noise
+
     def __init__(
         self,
         root: str = "data/imagenet",
@@ -45,6 +46,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         subset: int | None = None,
         val_size: int = 10000,
         split_seed: int = 0,
+        shuffle_seed: int = 0,
         train_crop: int = 224,
         eval_resize: int = 256,
         eval_crop: int = 224,
@@ -60,16 +62,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         stem: str | None = None,  # read by the model config, not here
         name: str = "imagenet",  # read by reports
     ):
-        super().__init__()
+        super().__init__(batch_size, num_workers, pin_memory, shuffle_seed, persistent_workers)
         self.root = Path(root).expanduser()
-        self.batch_size = check_batch_size(batch_size)
-        self.num_workers = num_workers
         self.subset = subset
         self.val_size = val_size
         self.split_seed = split_seed
         self.expected_classes = num_classes
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
         if auto_augment is not None:
             auto_augment = AUTO_AUGMENT_ALIASES.get(str(auto_augment).lower(), auto_augment)
         if eval_crop > eval_resize:
@@ -83,7 +81,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
             input_size=eval_crop, is_training=False, crop_pct=eval_crop / eval_resize, interpolation=interpolation,
             mean=IMAGENET_MEAN, std=IMAGENET_STD,
         )
-        self.train_set = self.val_set = self.test_set = None
         _train_transform(self.train_transform_args)  # an unknown policy fails here, before any data is read
 
     def _folder(self, split: str) -> Path:
@@ -122,23 +119,3 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.train_set = Subset(train_view, train_index.tolist())
         self.val_set = Subset(eval_view, permutation[: self.val_size].sort().values.tolist())
         self.test_set = test_view
-
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers,
-            drop_last=shuffle,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)

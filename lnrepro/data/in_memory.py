@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from lnrepro.data import batch_augment
-from lnrepro.errors import UserInputError
+from lnrepro.data.loading import SplitDataModule
 
 
 class TensorImageDataset(Dataset):
@@ -38,43 +37,14 @@ class TensorImageDataset(Dataset):
         return self.images[index], self.labels[index]
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle that is a function of (seed, epoch) alone.
-
-    torch's RandomSampler draws from the global RNG when iteration starts; on a resumed run Lightning starts that
-    iterator before any epoch-start hook can re-seed, so the resumed epoch would see another order. Lightning calls
-    `set_epoch` before each epoch (and wraps this sampler for DDP).
-    """
-
-    def __init__(self, length: int, seed: int = 0):
-        self.length = length
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
-
-
 def _batch_is_ready(batch):
     # `__getitems__` already returned stacked tensors.
     return batch
 
 
-def check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise UserInputError(f"data.batch_size must be a positive integer (got {batch_size!r})")
-    return batch_size
-
-
-class InMemoryImageDataModule(pl.LightningDataModule):
-    """Base for datasets that fit in memory. Subclasses fill `train_set`, `val_set` and `test_set` in `setup`.
+class InMemoryImageDataModule(SplitDataModule):
+    """Base for datasets that fit in memory. Subclasses fill `train_set`, `val_set` and `test_set` (as
+    `TensorImageDataset`s) in `setup`.
 
     Batches travel to the device as uint8 (4x less to copy than float); there they are augmented (training only)
     and normalised in `on_after_batch_transfer`.
@@ -82,6 +52,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
 
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    collate_fn = staticmethod(_batch_is_ready)
 
     def __init__(
         self,
@@ -93,42 +64,10 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         cutout: int = 0,
         shuffle_seed: int = 0,
     ):
-        super().__init__()
-        self.batch_size = check_batch_size(batch_size)
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        super().__init__(batch_size, num_workers, pin_memory, shuffle_seed)
         self.crop_padding = crop_padding
         self.flip = flip
         self.cutout = cutout
-        self.shuffle_seed = shuffle_seed
-        self.train_set: TensorImageDataset | None = None
-        self.val_set: TensorImageDataset | None = None
-        self.test_set: TensorImageDataset | None = None
-
-    def _loader(self, dataset: TensorImageDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("setup() must run before the dataloaders are asked for")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.shuffle_seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            collate_fn=_batch_is_ready,
-            persistent_workers=self.num_workers > 0,
-            # Its own generator: otherwise creating the iterator draws the worker base seed from the global RNG,
-            # at a point that differs between a fresh and a resumed run.
-            generator=torch.Generator().manual_seed(self.shuffle_seed),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
 
     def augment_and_normalize(self, images: torch.Tensor, training: bool) -> torch.Tensor:
         if training and (self.crop_padding > 0 or self.flip):

@@ -7,15 +7,16 @@ from typing import Any
 from torch import nn
 
 from lnrepro.profiling.context import InputSize, measurement_context
-from lnrepro.profiling.counts import count_macs, count_parameters
+from lnrepro.profiling.counts import MacCount, count_macs, count_parameters
 from lnrepro.profiling.memory import inference_peak_memory, training_peak_memory
 from lnrepro.profiling.timing import inference_throughput, latency, training_throughput
 
 
-def static_metrics(model: nn.Module, input_size: InputSize) -> dict[str, int]:
-    """Parameters, multiply-adds, FLOPs (= 2 x multiply-adds) and memory access cost for one image."""
+def static_metrics(model: nn.Module, input_size: InputSize, macs: MacCount | None = None) -> dict[str, int]:
+    """Parameters, multiply-adds, FLOPs (= 2 x multiply-adds) and memory access cost for one image.
+    `macs`: `count_macs(model, input_size)` when the caller already has it (it is not counted twice)."""
     params = count_parameters(model)
-    macs = count_macs(model, input_size)
+    macs = macs or count_macs(model, input_size)
     return {
         "params": params.total,
         "params_trainable": params.trainable,
@@ -26,6 +27,16 @@ def static_metrics(model: nn.Module, input_size: InputSize) -> dict[str, int]:
         "flops_conv": macs.conv_flops,
         "mac_bytes": sum(layer.mac_bytes for layer in macs.layers),
     }
+
+
+LAYER_COLUMNS = ["layer", "type", "macs", "flops", "params", "output_shape", "mac_bytes"]
+
+
+def layer_rows(macs: MacCount) -> list[list[Any]]:
+    """The per-layer breakdown of `count_macs` as table rows under `LAYER_COLUMNS` (FLOPs = 2 x multiply-adds,
+    output shape as "CxHxW", memory access cost in bytes, 0 for layers other than Conv2d/Linear)."""
+    return [[layer.name, layer.type, layer.macs, 2 * layer.macs, layer.params,
+             "x".join(map(str, layer.output_shape)), layer.mac_bytes] for layer in macs.layers]
 
 
 def measured_metrics(model: nn.Module, input_size: InputSize, batch_size: int, runs: int = 50, warmup: int = 5,

@@ -74,11 +74,14 @@ def print_layers(net: torch.nn.Module, input_size) -> None:
 
 
 def profile(cfg: DictConfig) -> dict[str, Any]:
-    """Measure `cfg.model` on `cfg.data`'s input (see conf/profile.yaml); write metrics.json; return the row."""
+    """Measure `cfg.model` on `cfg.data`'s input (see conf/profile.yaml); write metrics.json; return the row.
+    With `profile.guidelines` set, run ShuffleNet V2's guideline micro-benchmarks instead (`profile_guidelines`)."""
     settings = cfg.profile
     if settings.get("threads"):
         torch.set_num_threads(int(settings.threads))
     torch.manual_seed(cfg.get("seed") or 0)
+    if settings.get("guidelines"):
+        return profile_guidelines(cfg)
     net = instantiate(cfg.model).to(settings.device)
     input_size = (3, int(cfg.data.image_size), int(cfg.data.image_size))
     log.info("profiling %s on %s, input %s", cfg.model.name, settings.device, input_size)
@@ -90,3 +93,80 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     print_rows([metrics])
     write_metrics(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics
+
+
+# (column title, GuidelineRow field, format, scale) of the guideline tables.
+GUIDELINE_COLUMNS = [
+    ("setting", "setting", "{}", 1),
+    ("channels", "channels", "{}", 1),
+    ("FLOPs (M)", "flops", "{:.1f}", 1e-6),
+    ("MAC (MB)", "mac_bytes", "{:.2f}", 2**-20),
+    ("elem-wise (MB)", "elementwise_bytes", "{:.2f}", 2**-20),
+    ("img/s", "images_per_s", "{:.1f}", 1),
+    ("ms/batch", "ms_per_batch", "{:.2f}", 1),
+    ("relative", "relative_speed", "{:.2f}", 1),
+    ("paper GPU batch/s", "paper_gpu", "{}", 1),
+    ("paper ARM img/s", "paper_arm", "{}", 1),
+]
+
+
+def guideline_cells(row: dict[str, Any]) -> list[str]:
+    return ["-" if row.get(key) is None else fmt.format(row[key] * scale if scale != 1 else row[key])
+            for _, key, fmt, scale in GUIDELINE_COLUMNS]
+
+
+def guideline_caption(rows: list[dict[str, Any]]) -> str:
+    first = rows[0]
+    return (f"one image: FLOPs = 2 x multiply-adds, MAC = conv inputs + outputs + weights (fp32); speed at batch "
+            f"{first['batch_size']}, input {first['input_size']} (first row), {first['blocks']} blocks; "
+            f"{first['device']}, {first['dtype']}, {first['threads']} threads, torch {first['torch_version']}")
+
+
+def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
+    from lnrepro.profiling.guidelines import TITLES
+
+    parts = []
+    for guideline, rows in tables.items():
+        parts.append(f"### {TITLES[guideline]}\n")
+        parts.append("| " + " | ".join(title for title, *_ in GUIDELINE_COLUMNS) + " |")
+        parts.append("|" + "|".join("---" if fmt == "{}" and i < 2 else "---:"
+                                    for i, (_, _, fmt, _) in enumerate(GUIDELINE_COLUMNS)) + "|")
+        parts.extend("| " + " | ".join(guideline_cells(row)) + " |" for row in rows)
+        parts.append(f"\n{guideline_caption(rows)}\n")
+    return "\n".join(parts)
+
+
+def profile_guidelines(cfg: DictConfig) -> dict[str, Any]:
+    """ShuffleNet V2's four guideline benchmarks (conf/experiment/shufflenetv2_guidelines.yaml): one table each,
+    printed and written to guidelines.md and guidelines.csv in the run directory; returns {guideline: rows}."""
+    import csv
+
+    from lnrepro.profiling.guidelines import TITLES, run_guidelines
+
+    settings = cfg.profile
+    options = settings.get("guideline") or {}
+    tables = run_guidelines(
+        list(settings.guidelines), progress=lambda g: log.info("benchmarking %s", TITLES[g]),
+        scale=float(options.get("scale") or 1.0), size=int(options.get("size") or 56),
+        blocks=int(options.get("blocks") or 10), batch_size=options.get("batch_size"),
+        platform=options.get("platform"), device=settings.device, runs=int(settings.runs),
+        warmup=int(settings.warmup))
+    rows = {guideline: [row.as_dict() for row in table] for guideline, table in tables.items()}
+    for guideline, table_rows in rows.items():
+        table = rich.table.Table(title=TITLES[guideline], caption=guideline_caption(table_rows))
+        for title, _, fmt, _ in GUIDELINE_COLUMNS:
+            table.add_column(title, justify="left" if fmt == "{}" and title in ("setting", "channels") else "right",
+                             no_wrap=True)
+        for row in table_rows:
+            table.add_row(*guideline_cells(row))
+        wide_console().print(table)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "guidelines.md").write_text(guidelines_markdown(rows))
+    flat = [row for table_rows in rows.values() for row in table_rows]
+    with open(output_dir / "guidelines.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+    log.info("guideline tables written to %s", output_dir / "guidelines.md")
+    return rows

@@ -1,0 +1,280 @@
+"""The four micro-benchmarks of ShuffleNet V2 (Ma et al., ECCV 2018, arXiv:1807.11164, Sec. 2 and Tables 1-4),
+measured on this device: which of the paper's practical guidelines hold on your hardware.
+
+- G1, equal channel width minimises memory access cost (Table 1): 10 blocks of two 1x1 convolutions, c1 -> c2 -> c1,
+  with c1:c2 = 1:1, 1:2, 1:6, 1:12 and c1 x c2 held near base^2, so that every ratio has the same FLOPs.
+- G2, excessive group convolution increases MAC (Table 2): 10 1x1 group convolutions c -> c with g = 1, 2, 4, 8 and
+  c = base x sqrt(g) (rounded down to a multiple of g), so that c^2 / g, the FLOPs, stays the same.
+- G3, network fragmentation reduces parallelism (Table 3): 10 blocks of 1, 2 or 4 1x1 convolutions, run in series or
+  in parallel; the fragmented blocks' width is base / sqrt(n) so that their FLOPs equal the 1-fragment block's.
+  The parallel branches all read the block's input and are summed (the paper's appendix figure draws the
+  structures; how it merges parallel branches is our reading of it).
+- G4, element-wise operations are non-negligible (Table 4): 10 ResNet bottleneck units (1x1 4c -> c, 3x3 c -> c,
+  1x1 c -> 4c) with and without ReLU and the identity shortcut. FLOPs and convolution MAC are the same in all four;
+  the element-wise operations' own memory traffic is reported separately.
+
+All convolutions are bias-free and without BatchNorm (a deployed network folds BatchNorm into the convolution), so
+that each table varies exactly one thing. The paper's input is 56x56 with 10 stacked units; GPU figures are batches/s
+at batch 8 (GTX 1080Ti), ARM/CPU figures images/s at batch 1 (Snapdragon 810, one thread). `base` selects the
+channel setting; at the paper's bases the rows carry the paper's x1 figures for reference.
+
+FLOPs = 2 x multiply-adds, as everywhere in this project; MAC (memory access cost) is in bytes (fp32: 4 per element).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lnrepro.profiling.context import measurement_context
+from lnrepro.profiling.counts import count_macs, memory_access_cost
+from lnrepro.profiling.timing import inference_throughput
+
+GUIDELINES = ("g1", "g2", "g3", "g4")
+TITLES = {
+    "g1": "G1: equal channel width minimizes memory access cost (ShuffleNet V2 Table 1)",
+    "g2": "G2: excessive group convolution increases MAC (ShuffleNet V2 Table 2)",
+    "g3": "G3: network fragmentation reduces degree of parallelism (ShuffleNet V2 Table 3)",
+    "g4": "G4: element-wise operations are non-negligible (ShuffleNet V2 Table 4)",
+}
+#: The paper's channel settings (x1 columns): GPU tables at these bases, ARM/CPU tables at those.
+PAPER_BASES = {"gpu": {"g1": 128, "g2": 128, "g3": 128, "g4": 32}, "arm": {"g1": 32, "g2": 64, "g3": 64, "g4": 32}}
+PAPER_INPUT = 56
+PAPER_BLOCKS = 10
+PAPER_BATCH = {"gpu": 8, "arm": 1}
+#: The paper's x1 figures, transcribed from Tables 1-4 of arXiv:1807.11164: {guideline: {platform: (base, figures in
+#: row order)}}; GPU in batches/s (batch 8), ARM/CPU in images/s (batch 1).
+PAPER_FIGURES = {
+    "g1": {"gpu": (128, (1480, 1296, 876, 748)), "arm": (32, (76.2, 72.9, 69.1, 57.6))},
+    "g2": {"gpu": (128, (2451, 1725, 1026, 634)), "arm": (64, (40.0, 35.0, 32.9, 27.8))},
+    "g3": {"gpu": (128, (2446, 1790, 752, 1537, 691)), "arm": (64, (40.2, 38.6, 38.4, 33.4, 35.0))},
+    "g4": {"gpu": (32, (2427, 2647, 2672, 2842)), "arm": (32, (56.7, 61.9, 57.3, 66.3))},
+}
+
+
+class Add(nn.Module):
+    """x + y as a module, so that hooks see the element-wise addition (memory traffic: two reads, one write)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+
+def conv1x1(c_in: int, c_out: int, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 1, groups=groups, bias=False)
+
+
+# --- G1 -----------------------------------------------------------------------------------------------------------
+def g1_channels(ratio: int, base: int) -> tuple[int, int]:
+    """(c1, c2) with c2 = ratio x c1 and c1 x c2 ~ base^2: c1 = floor(base / sqrt(ratio)) (the paper's rule:
+    128 -> (128,128), (90,180), (52,312), (36,432))."""
+    c1 = max(1, int(base / math.sqrt(ratio)))
+    return c1, ratio * c1
+
+
+def g1_network(ratio: int, base: int, blocks: int = PAPER_BLOCKS) -> nn.Sequential:
+    c1, c2 = g1_channels(ratio, base)
+    return nn.Sequential(*[nn.Sequential(conv1x1(c1, c2), conv1x1(c2, c1)) for _ in range(blocks)])
+
+
+# --- G2 -----------------------------------------------------------------------------------------------------------
+def g2_channels(groups: int, base: int) -> int:
+    """c = base x sqrt(g) (truncated), then to the nearest multiple of g (128 -> 128, 180, 256, 360)."""
+    return max(groups, round(int(base * math.sqrt(groups)) / groups) * groups)
+
+
+def g2_network(groups: int, base: int, blocks: int = PAPER_BLOCKS) -> nn.Sequential:
+    c = g2_channels(groups, base)
+    return nn.Sequential(*[conv1x1(c, c, groups) for _ in range(blocks)])
+
+
+# --- G3 -----------------------------------------------------------------------------------------------------------
+class Fragmented(nn.Module):
+    """`fragments` 1x1 convolutions of width c, in series (one after another) or in parallel (all on the input,
+    summed)."""
+
+    def __init__(self, c: int, fragments: int, parallel: bool):
+        super().__init__()
+        self.parallel = parallel and fragments > 1
+        self.convs = nn.ModuleList(conv1x1(c, c) for _ in range(fragments))
+        self.adds = nn.ModuleList(Add() for _ in range(fragments - 1)) if self.parallel else nn.ModuleList()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.parallel:
+            for conv in self.convs:
+                x = conv(x)
+            return x
+        out = self.convs[0](x)
+        for conv, add in zip(self.convs[1:], self.adds):
+            out = add(out, conv(x))
+        return out
+
+
+G3_SETTINGS = (("1-fragment", 1, False), ("2-fragment-series", 2, False), ("4-fragment-series", 4, False),
+               ("2-fragment-parallel", 2, True), ("4-fragment-parallel", 4, True))
+
+
+def g3_channels(fragments: int, base: int) -> int:
+    """Width of each fragment: floor(base / sqrt(n)), so that n x c^2 ~ base^2 (128 -> 128, 90, 64)."""
+    return max(1, int(base / math.sqrt(fragments)))
+
+
+def g3_network(fragments: int, parallel: bool, base: int, blocks: int = PAPER_BLOCKS) -> nn.Sequential:
+    """`blocks` fragmented blocks of width `g3_channels(fragments, base)` (their input has that many channels)."""
+    c = g3_channels(fragments, base)
+    return nn.Sequential(*[Fragmented(c, fragments, parallel) for _ in range(blocks)])
+
+
+# --- G4 -----------------------------------------------------------------------------------------------------------
+class Bottleneck(nn.Module):
+    """ResNet's bottleneck unit (He et al. 2016): 1x1 4c -> c, 3x3 c -> c, 1x1 c -> 4c, identity shortcut, with
+    ReLU after each convolution and after the addition; `relu` / `shortcut` switch those off."""
+
+    def __init__(self, c: int, relu: bool = True, shortcut: bool = True):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = conv1x1(4 * c, c), nn.Conv2d(c, c, 3, padding=1, bias=False), conv1x1(c, 4 * c)
+        act = (lambda: nn.ReLU()) if relu else (lambda: nn.Identity())
+        self.act1, self.act2, self.act3 = act(), act(), act()
+        self.add = Add() if shortcut else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
+        if self.add is not None:
+            out = self.add(out, x)
+        return self.act3(out)
+
+
+G4_SETTINGS = (("ReLU yes, shortcut yes", True, True), ("ReLU yes, shortcut no", True, False),
+               ("ReLU no, shortcut yes", False, True), ("ReLU no, shortcut no", False, False))
+
+
+def g4_network(relu: bool, shortcut: bool, base: int, blocks: int = PAPER_BLOCKS) -> nn.Sequential:
+    return nn.Sequential(*[Bottleneck(base, relu, shortcut) for _ in range(blocks)])
+
+
+def elementwise_bytes(model: nn.Module, input_shape: tuple[int, int, int], bytes_per_element: int = 4) -> int:
+    """Memory traffic of the element-wise modules (ReLU: read + write; Add: two reads + one write) for one
+    image; the memory access cost of `counts` leaves these out, as the paper's MAC does."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        total += (sum(t.numel() for t in inputs if isinstance(t, torch.Tensor)) + output.numel()) * bytes_per_element
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.ReLU, Add))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=next(model.parameters()).dtype,
+                              device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+# --- the benchmarks -----------------------------------------------------------------------------------------------
+@dataclass
+class Setting:
+    """One row of a table: the network and the shape of its input (C, H, W)."""
+
+    name: str
+    channels: str
+    network: nn.Module
+    input_shape: tuple[int, int, int]
+
+
+def settings(guideline: str, base: int, size: int = PAPER_INPUT, blocks: int = PAPER_BLOCKS) -> list[Setting]:
+    """The rows of one guideline's table at channel setting `base` and input side `size`."""
+    if guideline == "g1":
+        rows = []
+        for ratio in (1, 2, 6, 12):
+            c1, c2 = g1_channels(ratio, base)
+            rows.append(Setting(f"1:{ratio}", f"({c1},{c2})", g1_network(ratio, base, blocks), (c1, size, size)))
+        return rows
+    if guideline == "g2":
+        return [Setting(f"g={g}", f"c={g2_channels(g, base)}", g2_network(g, base, blocks),
+                        (g2_channels(g, base), size, size)) for g in (1, 2, 4, 8)]
+    if guideline == "g3":
+        return [Setting(name, f"c={g3_channels(n, base)}", g3_network(n, parallel, base, blocks),
+                        (g3_channels(n, base), size, size)) for name, n, parallel in G3_SETTINGS]
+    if guideline == "g4":
+        return [Setting(name, f"c={base}", g4_network(relu, shortcut, base, blocks), (4 * base, size, size))
+                for name, relu, shortcut in G4_SETTINGS]
+    raise ValueError(f"unknown guideline {guideline!r}; expected one of {', '.join(GUIDELINES)}")
+
+
+def paper_figures(guideline: str, base: int, size: int, blocks: int) -> dict[str, tuple | None]:
+    """The paper's x1 figures for this table where `base`, `size` and `blocks` are the paper's, else None."""
+    figures = {}
+    for platform, (paper_base, values) in PAPER_FIGURES[guideline].items():
+        same = base == paper_base and size == PAPER_INPUT and blocks == PAPER_BLOCKS
+        figures[platform] = values if same else None
+    return figures
+
+
+@dataclass
+class GuidelineRow:
+    guideline: str
+    setting: str
+    channels: str
+    flops: int  # of one image, FLOPs = 2 x multiply-adds
+    mac_bytes: int  # memory access cost of the convolutions, one image
+    elementwise_bytes: int  # memory traffic of ReLU and additions, one image (left out of MAC)
+    images_per_s: float
+    ms_per_batch: float
+    relative_speed: float  # images/s over the table's first row's
+    paper_gpu: float | None  # batches/s, batch 8, GTX 1080Ti
+    paper_arm: float | None  # images/s, batch 1, ARM
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        row = asdict(self)
+        row.update(row.pop("context"))
+        return row
+
+
+def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, size: int = PAPER_INPUT,
+                  blocks: int = PAPER_BLOCKS, batch_size: int | None = None, device: str | torch.device = "cpu",
+                  runs: int = 10, warmup: int = 2, platform: str | None = None) -> list[GuidelineRow]:
+    """Build, count and time every row of one guideline's table. `base` defaults to the paper's setting for
+    `platform` ("gpu" or "arm"; by default "gpu" on CUDA, "arm" otherwise) times `scale`; `batch_size` to the
+    paper's (8 for "gpu", 1 for "arm"). Speed is `inference_throughput` (eval mode, no_grad) over `runs` batches
+    after `warmup`."""
+    platform = platform or ("gpu" if torch.device(device).type == "cuda" else "arm")
+    if platform not in PAPER_BASES:
+        raise ValueError(f"platform must be 'gpu' or 'arm', got {platform!r}")
+    base = int(base or max(1, round(PAPER_BASES[platform][guideline] * scale)))
+    batch_size = int(batch_size or PAPER_BATCH[platform])
+    paper = paper_figures(guideline, base, size, blocks)
+    rows: list[GuidelineRow] = []
+    for index, setting in enumerate(settings(guideline, base, size, blocks)):
+        net = setting.network.to(device).eval()
+        flops = count_macs(net, setting.input_shape).flops
+        mac = memory_access_cost(net, setting.input_shape).total
+        speed = inference_throughput(net, batch_size, setting.input_shape, runs=runs, warmup=warmup)
+        first = rows[0].images_per_s if rows else speed.images_per_s
+        rows.append(GuidelineRow(
+            guideline=guideline, setting=setting.name, channels=setting.channels, flops=flops, mac_bytes=mac,
+            elementwise_bytes=elementwise_bytes(net, setting.input_shape),
+            images_per_s=speed.images_per_s, ms_per_batch=1000 * batch_size / speed.images_per_s,
+            relative_speed=speed.images_per_s / first,
+            paper_gpu=paper["gpu"][index] if paper["gpu"] else None,
+            paper_arm=paper["arm"][index] if paper["arm"] else None,
+            context=measurement_context(net, batch_size, setting.input_shape) | {"blocks": blocks},
+        ))
+    return rows
+
+
+def run_guidelines(guidelines=GUIDELINES, progress: Callable[[str], None] | None = None,
+                   **kwargs) -> dict[str, list[GuidelineRow]]:
+    """`run_guideline` for each of `guidelines`; keyword arguments go to each (pass `scale` rather than `base`:
+    each table has its own paper setting)."""
+    tables = {}
+    for guideline in guidelines:
+        if progress:
+            progress(guideline)
+        tables[guideline] = run_guideline(guideline, **kwargs)
+    return tables

@@ -1,0 +1,111 @@
+"""ShuffleNet V2's guideline benchmarks (lnrepro/profiling/guidelines.py): each table holds FLOPs equal across its
+rows (the paper's design), memory access cost ordered as the guideline predicts, timings are positive, and the
+`shufflenetv2_guidelines` preset runs through profile.py's task at a tiny size."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from lnrepro.profiling import count_macs, memory_access_cost
+from lnrepro.profiling.guidelines import (GUIDELINES, PAPER_BASES, elementwise_bytes, g1_channels, g2_channels,
+                                          g3_channels, paper_figures, run_guideline, settings)
+from lnrepro.tasks.profile import profile
+
+from tests.conftest import compose_config
+
+SIZE = 16  # small input for speed; FLOPs ratios do not depend on it, MAC orderings hold down to it
+PLATFORMS = sorted(PAPER_BASES)
+
+
+def counted(guideline: str, base: int, size: int = SIZE) -> list[tuple[str, int, int]]:
+    """(setting, FLOPs, MAC bytes) of each row, one block (every row stacks the same number of blocks)."""
+    return [(s.name, count_macs(s.network, s.input_shape).flops, memory_access_cost(s.network, s.input_shape).total)
+            for s in settings(guideline, base, size, blocks=1)]
+
+
+def test_paper_channel_settings():
+    assert [g1_channels(r, 128) for r in (1, 2, 6, 12)] == [(128, 128), (90, 180), (52, 312), (36, 432)]
+    assert [g1_channels(r, 32) for r in (1, 2, 6, 12)] == [(32, 32), (22, 44), (13, 78), (9, 108)]
+    assert [g2_channels(g, 128) for g in (1, 2, 4, 8)] == [128, 180, 256, 360]
+    assert [g3_channels(n, 128) for n in (1, 2, 4)] == [128, 90, 64]
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("guideline", GUIDELINES)
+def test_rows_of_a_table_have_equal_flops(guideline, platform):
+    flops = [f for _, f, _ in counted(guideline, PAPER_BASES[platform][guideline], size=2)]
+    assert max(flops) / min(flops) - 1 < 0.06, flops  # channel counts are integers: within the paper's ~5%
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_g1_mac_is_smallest_at_equal_width_and_grows_with_the_ratio(platform):
+    macs = [m for _, _, m in counted("g1", PAPER_BASES[platform]["g1"])]
+    assert macs == sorted(macs) and macs[0] < macs[-1]
+    assert macs[0] == min(macs)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_g2_mac_grows_with_the_group_count(platform):
+    macs = [m for _, _, m in counted("g2", PAPER_BASES[platform]["g2"])]
+    assert all(a < b for a, b in zip(macs, macs[1:])), macs
+
+
+def test_g1_mac_is_the_papers_formula():
+    (name, flops, mac), *_ = counted("g1", 128)
+    c1 = c2 = 128
+    assert mac == 4 * 2 * (SIZE * SIZE * (c1 + c2) + c1 * c2)  # two convs, fp32; MAC = hw(c1 + c2) + c1 c2 each
+
+
+def test_g3_parallel_and_series_differ_only_in_structure():
+    rows = {s.name: s for s in settings("g3", 64, 8, blocks=1)}
+    for n in (2, 4):
+        series, parallel = rows[f"{n}-fragment-series"], rows[f"{n}-fragment-parallel"]
+        assert count_macs(series.network, series.input_shape).flops == count_macs(parallel.network,
+                                                                                  parallel.input_shape).flops
+        assert elementwise_bytes(series.network, series.input_shape) == 0
+        assert elementwise_bytes(parallel.network, parallel.input_shape) > 0
+
+
+def test_g4_variants_share_flops_and_mac_but_not_elementwise_traffic():
+    rows = counted("g4", 8, size=4)
+    assert len({f for _, f, _ in rows}) == 1 and len({m for _, _, m in rows}) == 1
+    traffic = [elementwise_bytes(s.network, s.input_shape) for s in settings("g4", 8, 4, blocks=1)]
+    assert traffic[0] > traffic[1] > 0 and traffic[0] > traffic[2] > 0 and traffic[3] == 0
+
+
+def test_runner_returns_rows_with_positive_timings():
+    rows = run_guideline("g2", base=8, size=4, blocks=1, runs=2, warmup=1)
+    assert [r.setting for r in rows] == ["g=1", "g=2", "g=4", "g=8"]
+    assert all(r.images_per_s > 0 and r.ms_per_batch > 0 and r.flops > 0 and r.mac_bytes > 0 for r in rows)
+    assert rows[0].relative_speed == 1.0 and rows[0].paper_arm is None  # not the paper's setting
+    assert rows[0].as_dict()["batch_size"] == 1 and rows[0].as_dict()["device"] == "cpu"
+
+
+def test_paper_figures_come_with_the_papers_setting_only():
+    assert paper_figures("g1", 128, 56, 10) == {"gpu": (1480, 1296, 876, 748), "arm": None}
+    assert paper_figures("g1", 32, 56, 10)["arm"][0] == 76.2
+    assert paper_figures("g1", 32, 28, 10) == {"gpu": None, "arm": None}
+
+
+def test_unknown_guideline_is_an_error():
+    with pytest.raises(ValueError, match="g5"):
+        settings("g5", 8)
+
+
+def test_preset_runs_through_the_profile_task(tmp_path, capsys):
+    cfg = compose_config("profile", tmp_path / "run", [
+        "experiment=shufflenetv2_guidelines", "profile.guideline.scale=0.125", "profile.guideline.size=4",
+        "profile.guideline.blocks=1", "profile.runs=1", "profile.warmup=0"])
+    assert list(cfg.profile.guidelines) == ["g1", "g2", "g3", "g4"]
+    tables = profile(cfg)
+    assert [len(tables[g]) for g in GUIDELINES] == [4, 4, 5, 4]
+    printed = capsys.readouterr().out
+    assert "G1: equal channel width" in printed and "4-fragment-parallel" in printed
+    markdown = (tmp_path / "run" / "guidelines.md").read_text()
+    assert markdown.count("### G") == 4 and "| 1:12 |" in markdown
+    with open(tmp_path / "run" / "guidelines.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 17 and all(float(row["images_per_s"]) > 0 for row in rows)
+    assert not (tmp_path / "run" / "metrics.json").exists()
