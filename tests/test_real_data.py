@@ -25,7 +25,7 @@ def test_shufflenet_v2_learns_cifar10_from_a_10k_subset(make_train_cfg, tmp_path
     metrics = train(cfg)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     print({k: written[k] for k in ("val/acc", "val/acc_best", "test/acc", "test/acc5")})
-    # chance is 0.10; three short epochs of a 0.35M-parameter network reach roughly 0.4-0.5
+    # chance is 0.10; measured here: 0.380 val, 0.391 test (seeded, so it repeats on this CPU)
     assert written["val/acc_best"] > 0.30
     assert written["test/acc"] > 0.30
     assert float(metrics["test/acc"]) == pytest.approx(written["test/acc"])
