@@ -21,10 +21,14 @@ class SyntheticDataModule(InMemoryImageDataModule):
         seed: int = 0,
         channels: int = 3,
         shuffle_seed: int = 0,
+        crop_padding: int = 0,
+        flip: bool = False,
+        cutout: int = 0,
         stem: str | None = None,  # read by the model config, not here
         name: str = "synthetic",  # read by reports
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, shuffle_seed=shuffle_seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, crop_padding=crop_padding, flip=flip,
+                         cutout=cutout, shuffle_seed=shuffle_seed)
         for name, value in (("num_classes", num_classes), ("image_size", image_size), ("train_size", train_size),
                             ("val_size", val_size), ("test_size", test_size)):
             if value <= 0:
