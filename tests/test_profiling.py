@@ -213,3 +213,15 @@ def test_wandb_offline_run_holds_the_profile(make_train_cfg):
     assert sum(row[2] for row in rows.values()) == run.summary["macs"]
     conv = next(row for row in content["data"] if row[1] == "Conv2d")
     assert conv[3] == 2 * conv[2] and conv[6] > 0 and conv[5].count("x") == 2
+
+
+def test_onnx_runtime_latency_of_the_exported_network(tmp_path):
+    from lnrepro.profiling.onnx_latency import onnx_latency
+
+    net = build_model("shufflenet_v2", width=0.5, num_classes=10, stem="cifar")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = onnx_latency(net, (3, 32, 32), runs=5, warmup=1, save_to=tmp_path / "net.onnx")
+    assert 0 < result.median_ms <= result.p90_ms
+    assert result.max_abs_diff < 1e-4  # ONNX Runtime computes the same network
+    assert (tmp_path / "net.onnx").stat().st_size == result.onnx_bytes > 1_000_000  # 352K fp32 weights
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and net.training

@@ -27,6 +27,7 @@ COLUMNS = [
     ("MAC (MB)", "mac_bytes", "{:.1f}", 2**-20),
     ("latency ms", "latency_ms", "{:.2f}"),
     ("p90 ms", "latency_p90_ms", "{:.2f}"),
+    ("ONNX ms", "onnx/latency_ms", "{:.2f}"),
     ("infer img/s", "infer/imgs_per_s", "{:.1f}"),
     ("train img/s", "train/imgs_per_s", "{:.1f}"),
     ("peak MB", "memory/peak_mb", "{:.1f}"),
@@ -87,6 +88,13 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     log.info("profiling %s on %s, input %s", cfg.model.name, settings.device, input_size)
     metrics = profile_model(net, input_size, batch_size=int(settings.batch_size), runs=int(settings.runs),
                             warmup=int(settings.warmup), train=bool(settings.train), memory=bool(settings.memory))
+    if settings.get("onnx"):
+        from lnrepro.profiling.onnx_latency import onnx_latency
+
+        deployed = onnx_latency(net, input_size, runs=int(settings.runs), warmup=int(settings.warmup),
+                                save_to=Path(cfg.paths.output_dir) / "model.onnx")
+        metrics.update({"onnx/latency_ms": deployed.median_ms, "onnx/latency_p90_ms": deployed.p90_ms,
+                        "onnx/max_abs_diff": deployed.max_abs_diff, "onnx/runtime": deployed.runtime_version})
     metrics.update(run_facts(cfg))
     if settings.get("layers"):
         print_layers(net, input_size)
