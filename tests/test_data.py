@@ -25,9 +25,9 @@ from lnrepro.data.cifar10 import FOLDER, MEAN, STD, TEST_FILES, TRAIN_FILES, CIF
 from lnrepro.data.in_memory import TensorImageDataset
 from lnrepro.data.loading import EpochShuffleSampler
 from lnrepro.errors import UserInputError
-from tests.conftest import write_fake_cifar10
+from tests.conftest import SHARED_CIFAR10
 
-REAL_CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
 PER_FILE = 40  # images per batch file written by the `fake_cifar10` fixture: 200 train, 40 test
 
 
@@ -545,12 +545,12 @@ def test_image_folder_bad_input(image_tree, tmp_path):
 # The real copy in ../shared/data/cifar10
 # --------------------------------------------------------------------------------------------------------------------
 
-needs_real_cifar10 = pytest.mark.skipif(not (REAL_CIFAR10 / FOLDER).is_dir(), reason=f"{REAL_CIFAR10} is absent")
+needs_real_cifar10 = pytest.mark.skipif(not (SHARED_CIFAR10 / FOLDER).is_dir(), reason=f"{SHARED_CIFAR10} is absent")
 
 
 @needs_real_cifar10
 def test_real_cifar10_loads_unverified():
-    datamodule = CIFAR10DataModule(root=str(REAL_CIFAR10), download=False, verify_checksums=False,
+    datamodule = CIFAR10DataModule(root=str(SHARED_CIFAR10), download=False, verify_checksums=False,
                                    pin_memory=False)
     datamodule.setup()
     train, val, test = datamodule.train_set, datamodule.val_set, datamodule.test_set
@@ -565,7 +565,7 @@ def test_real_cifar10_loads_unverified():
 
 @needs_real_cifar10
 def test_real_cifar10_copy_fails_verification_clearly():
-    datamodule = CIFAR10DataModule(root=str(REAL_CIFAR10), download=False, verify_checksums=True,
+    datamodule = CIFAR10DataModule(root=str(SHARED_CIFAR10), download=False, verify_checksums=True,
                                    pin_memory=False)
     with pytest.raises(UserInputError, match=r"does not match the official CIFAR-10 md5.*data\.verify_checksums=false"):
         datamodule.setup()
