@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import CONV_KINDS, STEMS
+from lnrepro.models.layers import STEMS, check_conv_kind
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,7 @@ def build_model(
             )
     else:
         conv = entry.default_conv if conv is None else conv
-        if conv not in CONV_KINDS:
-            raise UserInputError(f"unknown conv kind {conv!r}; choose one of: {_choices(CONV_KINDS)}")
-        kwargs["conv"] = conv
+        kwargs["conv"] = check_conv_kind(conv)
 
     if entry.default_groups is None:
         if groups is not None:

@@ -17,7 +17,8 @@ from lnrepro.errors import USER_FACING_ERRORS
 log = logging.getLogger("lnrepro")
 
 
-def _hydra_config():
+def hydra_config():
+    """The running Hydra app's config, or None outside one."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -30,7 +31,7 @@ def hydra_multirun_name() -> str | None:
     """`<task>/<sweep dir>` inside a Hydra multirun, else None."""
     from hydra.types import RunMode
 
-    hydra_cfg = _hydra_config()
+    hydra_cfg = hydra_config()
     if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
         return None
     sweep_dir = Path(hydra_cfg.sweep.dir)

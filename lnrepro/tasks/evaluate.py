@@ -11,7 +11,7 @@ import rich.table
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro.errors import UserInputError
-from lnrepro.tasks.common import log, write_metrics
+from lnrepro.tasks.common import hydra_config, log, write_metrics
 from lnrepro.tasks.train import build_module, run_facts
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
 from lnrepro.utils.instantiate import close_loggers, instantiate, instantiate_loggers
@@ -21,12 +21,8 @@ OVERRIDABLE = ("data", "model")
 
 
 def command_line_keys() -> list[str]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:
-        return []
+    hydra_cfg = hydra_config()
+    overrides = hydra_cfg.overrides.task if hydra_cfg is not None else []
     return [override.split("=", 1)[0].lstrip("+~") for override in overrides]
 
 

@@ -6,7 +6,7 @@ import logging
 
 import hydra
 from lightning.pytorch import Callback
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 
@@ -63,5 +63,5 @@ def close_loggers(loggers: list[Logger]) -> None:
     """Finish W&B runs: a multirun is one process, and an unfinished run would swallow the next job's logs
     (and an offline run's file is complete only once finished)."""
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
             logger.experiment.finish()
