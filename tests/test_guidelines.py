@@ -9,8 +9,8 @@ import csv
 import pytest
 
 from lnrepro.profiling import count_macs, memory_access_cost
-from lnrepro.profiling.guidelines import (GUIDELINES, PAPER_BASES, elementwise_bytes, g1_channels, g2_channels,
-                                          g3_channels, paper_figures, run_guideline, settings)
+from lnrepro.profiling.guidelines import (GUIDELINES, PAPER_BASES, PAPER_FIGURES, elementwise_bytes, g1_channels,
+                                          g2_channels, g3_channels, paper_figures, run_guideline, settings)
 from lnrepro.tasks.profile import profile
 
 from tests.conftest import compose_config
@@ -84,9 +84,20 @@ def test_runner_returns_rows_with_positive_timings():
 
 
 def test_paper_figures_come_with_the_papers_setting_only():
-    assert paper_figures("g1", 128, 56, 10) == {"gpu": (1480, 1296, 876, 748), "arm": None}
-    assert paper_figures("g1", 32, 56, 10)["arm"][0] == 76.2
-    assert paper_figures("g1", 32, 28, 10) == {"gpu": None, "arm": None}
+    # x1 on the GPU is the same network as x4 on ARM (c1 = 128): both tables have a row for it.
+    assert paper_figures("g1", 128, 56, 10) == {"gpu": (1480, 1296, 876, 748), "arm": (5.3, 5.1, 4.6, 4.4)}
+    assert paper_figures("g1", 32, 56, 10) == {"gpu": None, "arm": (76.2, 72.9, 69.1, 57.6)}
+    assert paper_figures("g3", 512, 56, 10)["gpu"] == (434, 336, 349, 320, 292)  # Table 3's c = 512 column
+    assert paper_figures("g1", 32, 28, 10) == {"gpu": None, "arm": None}  # another input size
+    assert paper_figures("g1", 48, 56, 10) == {"gpu": None, "arm": None}  # not one of the paper's settings
+
+
+def test_every_paper_table_has_a_figure_per_row():
+    for guideline in GUIDELINES:
+        rows = len(settings(guideline, 4, size=2, blocks=1))
+        for platform, by_base in PAPER_FIGURES[guideline].items():
+            assert sorted(by_base) == [PAPER_BASES[platform][guideline] * k for k in (1, 2, 4)]
+            assert all(len(figures) == rows for figures in by_base.values())
 
 
 def test_unknown_guideline_is_an_error():

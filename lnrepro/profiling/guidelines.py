@@ -16,7 +16,8 @@ measured on this device: which of the paper's practical guidelines hold on your 
 All convolutions are bias-free and without BatchNorm (a deployed network folds BatchNorm into the convolution), so
 that each table varies exactly one thing. The paper's input is 56x56 with 10 stacked units; GPU figures are batches/s
 at batch 8 (GTX 1080Ti), ARM/CPU figures images/s at batch 1 (Snapdragon 810, one thread). `base` selects the
-channel setting; at the paper's bases the rows carry the paper's x1 figures for reference.
+channel setting; at the paper's bases (x1, x2 and x4, e.g. `scale` 1, 2, 4) the rows carry the paper's figures for
+reference.
 
 FLOPs = 2 x multiply-adds, as everywhere in this project; MAC (memory access cost) is in bytes (fp32: 4 per element).
 """
@@ -46,13 +47,24 @@ PAPER_BASES = {"gpu": {"g1": 128, "g2": 128, "g3": 128, "g4": 32}, "arm": {"g1":
 PAPER_INPUT = 56
 PAPER_BLOCKS = 10
 PAPER_BATCH = {"gpu": 8, "arm": 1}
-#: The paper's x1 figures, transcribed from Tables 1-4 of arXiv:1807.11164: {guideline: {platform: (base, figures in
-#: row order)}}; GPU in batches/s (batch 8), ARM/CPU in images/s (batch 1).
+#: The paper's figures, transcribed from Tables 1-4 of arXiv:1807.11164 (checked cell by cell against two
+#: independent transcriptions of the paper): {guideline: {platform: {base: figures in row order}}}. GPU figures are
+#: batches/s ("GPU (Batches/sec.)", GTX 1080Ti), ARM figures images/s (Table 1's "ARM (Images/sec.)", Tables 2-4's
+#: "CPU (Images/sec.)": the same Snapdragon 810, one thread). The tables' columns are the x1, x2 and x4 channel
+#: settings; Tables 3 and 4 print them as c = base, 2 base, 4 base, Tables 1 and 2 print only the x1 channels, and
+#: we read their x2 and x4 columns the same way (channels doubled, FLOPs x4). The batch sizes (8 on the GPU, 1 on
+#: ARM) are the paper's Fig. 1 settings; the tables do not restate them, and Table 4 states no input size.
 PAPER_FIGURES = {
-    "g1": {"gpu": (128, (1480, 1296, 876, 748)), "arm": (32, (76.2, 72.9, 69.1, 57.6))},
-    "g2": {"gpu": (128, (2451, 1725, 1026, 634)), "arm": (64, (40.0, 35.0, 32.9, 27.8))},
-    "g3": {"gpu": (128, (2446, 1790, 752, 1537, 691)), "arm": (64, (40.2, 38.6, 38.4, 33.4, 35.0))},
-    "g4": {"gpu": (32, (2427, 2647, 2672, 2842)), "arm": (32, (56.7, 61.9, 57.3, 66.3))},
+    "g1": {"gpu": {128: (1480, 1296, 876, 748), 256: (723, 586, 489, 392), 512: (232, 206, 189, 163)},
+           "arm": {32: (76.2, 72.9, 69.1, 57.6), 64: (21.7, 20.5, 17.9, 15.1), 128: (5.3, 5.1, 4.6, 4.4)}},
+    "g2": {"gpu": {128: (2451, 1725, 1026, 634), 256: (1289, 873, 644, 445), 512: (437, 341, 338, 230)},
+           "arm": {64: (40.0, 35.0, 32.9, 27.8), 128: (10.2, 9.5, 8.7, 7.5), 256: (2.3, 2.2, 2.1, 1.8)}},
+    "g3": {"gpu": {128: (2446, 1790, 752, 1537, 691), 256: (1274, 909, 745, 803, 572),
+                   512: (434, 336, 349, 320, 292)},
+           "arm": {64: (40.2, 38.6, 38.4, 33.4, 35.0), 128: (10.1, 10.1, 10.1, 9.1, 8.4),
+                   256: (2.3, 2.2, 2.3, 2.2, 2.1)}},
+    "g4": {"gpu": {32: (2427, 2647, 2672, 2842), 64: (2066, 2256, 2121, 2376), 128: (1436, 1735, 1458, 1782)},
+           "arm": {32: (56.7, 61.9, 57.3, 66.3), 64: (16.9, 18.8, 18.2, 20.2), 128: (5.0, 5.2, 5.1, 5.4)}},
 }
 
 
@@ -207,12 +219,11 @@ def settings(guideline: str, base: int, size: int = PAPER_INPUT, blocks: int = P
 
 
 def paper_figures(guideline: str, base: int, size: int, blocks: int) -> dict[str, tuple | None]:
-    """The paper's x1 figures for this table where `base`, `size` and `blocks` are the paper's, else None."""
-    figures = {}
-    for platform, (paper_base, values) in PAPER_FIGURES[guideline].items():
-        same = base == paper_base and size == PAPER_INPUT and blocks == PAPER_BLOCKS
-        figures[platform] = values if same else None
-    return figures
+    """The paper's figures for this table where `base` is one of its channel settings (x1, x2, x4) and `size` and
+    `blocks` are the paper's, else None."""
+    same_setup = size == PAPER_INPUT and blocks == PAPER_BLOCKS
+    return {platform: by_base.get(base) if same_setup else None
+            for platform, by_base in PAPER_FIGURES[guideline].items()}
 
 
 @dataclass
@@ -228,6 +239,8 @@ class GuidelineRow:
     relative_speed: float  # images/s over the table's first row's
     paper_gpu: float | None  # batches/s, batch 8, GTX 1080Ti
     paper_arm: float | None  # images/s, batch 1, ARM
+    paper_gpu_first: float | None  # the paper's figure for the table's first row (for relative speed)
+    paper_arm_first: float | None
     context: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -263,6 +276,8 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
             relative_speed=speed.images_per_s / first,
             paper_gpu=paper["gpu"][index] if paper["gpu"] else None,
             paper_arm=paper["arm"][index] if paper["arm"] else None,
+            paper_gpu_first=paper["gpu"][0] if paper["gpu"] else None,
+            paper_arm_first=paper["arm"][0] if paper["arm"] else None,
             context=measurement_context(net, batch_size, setting.input_shape) | {"blocks": blocks},
         ))
     return rows

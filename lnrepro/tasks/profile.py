@@ -103,24 +103,28 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-# (column title, GuidelineRow field, format, scale) of the guideline tables.
+def paper_cell(value: float | None, first: float | None) -> str | None:
+    """The paper's figure with its speed relative to the table's first row: what can be compared across devices."""
+    return None if value is None else f"{value:g} ({value / first:.2f})"
+
+
+# (column title, left-aligned, cell text of a row dict or None for "-") of the guideline tables.
 GUIDELINE_COLUMNS = [
-    ("setting", "setting", "{}", 1),
-    ("channels", "channels", "{}", 1),
-    ("FLOPs (M)", "flops", "{:.1f}", 1e-6),
-    ("MAC (MB)", "mac_bytes", "{:.2f}", 2**-20),
-    ("elem-wise (MB)", "elementwise_bytes", "{:.2f}", 2**-20),
-    ("img/s", "images_per_s", "{:.1f}", 1),
-    ("ms/batch", "ms_per_batch", "{:.2f}", 1),
-    ("relative", "relative_speed", "{:.2f}", 1),
-    ("paper GPU batch/s", "paper_gpu", "{}", 1),
-    ("paper ARM img/s", "paper_arm", "{}", 1),
+    ("setting", True, lambda r: r["setting"]),
+    ("channels", True, lambda r: r["channels"]),
+    ("FLOPs (M)", False, lambda r: f"{r['flops'] / 1e6:.1f}"),
+    ("MAC (MB)", False, lambda r: f"{r['mac_bytes'] / 2**20:.2f}"),
+    ("elem-wise (MB)", False, lambda r: f"{r['elementwise_bytes'] / 2**20:.2f}"),
+    ("img/s", False, lambda r: f"{r['images_per_s']:.1f}"),
+    ("ms/batch", False, lambda r: f"{r['ms_per_batch']:.2f}"),
+    ("relative", False, lambda r: f"{r['relative_speed']:.2f}"),
+    ("paper GPU batch/s (rel.)", False, lambda r: paper_cell(r["paper_gpu"], r["paper_gpu_first"])),
+    ("paper ARM img/s (rel.)", False, lambda r: paper_cell(r["paper_arm"], r["paper_arm_first"])),
 ]
 
 
 def guideline_cells(row: dict[str, Any]) -> list[str]:
-    return ["-" if row.get(key) is None else fmt.format(row[key] * scale if scale != 1 else row[key])
-            for _, key, fmt, scale in GUIDELINE_COLUMNS]
+    return [cell if (cell := text(row)) is not None else "-" for _, _, text in GUIDELINE_COLUMNS]
 
 
 def guideline_caption(rows: list[dict[str, Any]]) -> str:
@@ -137,8 +141,7 @@ def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
     for guideline, rows in tables.items():
         parts.append(f"### {TITLES[guideline]}\n")
         parts.append("| " + " | ".join(title for title, *_ in GUIDELINE_COLUMNS) + " |")
-        parts.append("|" + "|".join("---" if fmt == "{}" and i < 2 else "---:"
-                                    for i, (_, _, fmt, _) in enumerate(GUIDELINE_COLUMNS)) + "|")
+        parts.append("|" + "|".join("---" if left else "---:" for _, left, _ in GUIDELINE_COLUMNS) + "|")
         parts.extend("| " + " | ".join(guideline_cells(row)) + " |" for row in rows)
         parts.append(f"\n{guideline_caption(rows)}\n")
     return "\n".join(parts)
@@ -162,9 +165,8 @@ def profile_guidelines(cfg: DictConfig) -> dict[str, Any]:
     rows = {guideline: [row.as_dict() for row in table] for guideline, table in tables.items()}
     for guideline, table_rows in rows.items():
         table = rich.table.Table(title=TITLES[guideline], caption=guideline_caption(table_rows))
-        for title, _, fmt, _ in GUIDELINE_COLUMNS:
-            table.add_column(title, justify="left" if fmt == "{}" and title in ("setting", "channels") else "right",
-                             no_wrap=True)
+        for title, left, _ in GUIDELINE_COLUMNS:
+            table.add_column(title, justify="left" if left else "right", no_wrap=True)
         for row in table_rows:
             table.add_row(*guideline_cells(row))
         wide_console().print(table)
