@@ -5,6 +5,7 @@ rows (the paper's design), memory access cost ordered as the guideline predicts,
 from __future__ import annotations
 
 import csv
+from types import SimpleNamespace
 
 import pytest
 
@@ -81,6 +82,33 @@ def test_runner_returns_rows_with_positive_timings():
     assert all(r.images_per_s > 0 and r.ms_per_batch > 0 and r.flops > 0 and r.mac_bytes > 0 for r in rows)
     assert rows[0].relative_speed == 1.0 and rows[0].paper_arm is None  # not the paper's setting
     assert rows[0].as_dict()["batch_size"] == 1 and rows[0].as_dict()["device"] == "cpu"
+
+
+def test_rows_are_timed_in_interleaved_rounds_and_take_the_median(monkeypatch):
+    import lnrepro.profiling.guidelines as guidelines
+
+    calls, speeds = [], iter([10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 12.0, 18.0, 33.0, 41.0])
+
+    def fake_throughput(net, batch_size, input_shape, runs, warmup):
+        calls.append((input_shape[0], warmup))
+        return SimpleNamespace(images_per_s=next(speeds))
+
+    monkeypatch.setattr(guidelines, "inference_throughput", fake_throughput)
+    rows = run_guideline("g2", base=8, size=4, blocks=1, runs=2, warmup=3, rounds=3)
+    channels = [r.channels for r in rows]
+    assert [c for c, _ in calls] == [int(c[2:]) for c in channels] * 3  # every row in turn, three times
+    assert [w for _, w in calls] == [3] * 4 + [1] * 8  # full warm-up only in the first round
+    assert [r.images_per_s for r in rows] == [12.0, 20.0, 33.0, 41.0]  # medians of (10, 50, 12), (20, 60, 18), ...
+    assert rows[0].spread == pytest.approx((31 - 11) / 12)  # quartiles of (10, 12, 50): 11 and 31
+    assert rows[1].relative_speed == pytest.approx(20 / 12)
+    with pytest.raises(ValueError, match="rounds"):
+        run_guideline("g2", base=8, size=4, blocks=1, rounds=0)
+
+
+def test_paper_cells_show_the_papers_relative_speed():
+    from lnrepro.tasks.profile import paper_cell
+
+    assert paper_cell(1296, 1480) == "1296 (0.88)" and paper_cell(None, 1480) is None
 
 
 def test_paper_figures_come_with_the_papers_setting_only():

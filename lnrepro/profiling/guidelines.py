@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lnrepro.profiling.context import measurement_context
+from lnrepro.profiling.context import measurement_context, percentile
 from lnrepro.profiling.counts import count_macs, memory_access_cost
 from lnrepro.profiling.timing import inference_throughput
 
@@ -234,7 +234,8 @@ class GuidelineRow:
     flops: int  # of one image, FLOPs = 2 x multiply-adds
     mac_bytes: int  # memory access cost of the convolutions, one image
     elementwise_bytes: int  # memory traffic of ReLU and additions, one image (left out of MAC)
-    images_per_s: float
+    images_per_s: float  # median over the rounds
+    spread: float  # interquartile range of the rounds' images/s over their median
     ms_per_batch: float
     relative_speed: float  # images/s over the table's first row's
     paper_gpu: float | None  # batches/s, batch 8, GTX 1080Ti
@@ -251,34 +252,49 @@ class GuidelineRow:
 
 def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, size: int = PAPER_INPUT,
                   blocks: int = PAPER_BLOCKS, batch_size: int | None = None, device: str | torch.device = "cpu",
-                  runs: int = 10, warmup: int = 2, platform: str | None = None) -> list[GuidelineRow]:
+                  runs: int = 10, warmup: int = 2, rounds: int = 5, platform: str | None = None
+                  ) -> list[GuidelineRow]:
     """Build, count and time every row of one guideline's table. `base` defaults to the paper's setting for
     `platform` ("gpu" or "arm"; by default "gpu" on CUDA, "arm" otherwise) times `scale`; `batch_size` to the
-    paper's (8 for "gpu", 1 for "arm"). Speed is `inference_throughput` (eval mode, no_grad) over `runs` batches
-    after `warmup`."""
+    paper's (8 for "gpu", 1 for "arm"). Speed is `inference_throughput` (eval mode, no_grad) of `runs` batches,
+    measured in `rounds` rounds that visit every row in turn (the first round after `warmup` batches per row);
+    a row's images/s is its median over the rounds and `spread` their interquartile range over the median.
+    Interleaving matters: the rows
+    are compared with each other, and a change of the machine's load during the table then hits every row
+    alike instead of whichever row was being timed."""
     platform = platform or ("gpu" if torch.device(device).type == "cuda" else "arm")
     if platform not in PAPER_BASES:
         raise ValueError(f"platform must be 'gpu' or 'arm', got {platform!r}")
+    if rounds < 1 or runs < 1:
+        raise ValueError(f"rounds and runs must be at least 1, got rounds={rounds}, runs={runs}")
     base = int(base or max(1, round(PAPER_BASES[platform][guideline] * scale)))
     batch_size = int(batch_size or PAPER_BATCH[platform])
     paper = paper_figures(guideline, base, size, blocks)
+    table = settings(guideline, base, size, blocks)
+    for setting in table:
+        setting.network.to(device).eval()
+    speeds: list[list[float]] = [[] for _ in table]
+    for round_index in range(rounds):
+        for setting, row_speeds in zip(table, speeds):
+            row_speeds.append(inference_throughput(setting.network, batch_size, setting.input_shape, runs=runs,
+                                                   warmup=warmup if round_index == 0 else 1).images_per_s)
     rows: list[GuidelineRow] = []
-    for index, setting in enumerate(settings(guideline, base, size, blocks)):
-        net = setting.network.to(device).eval()
-        flops = count_macs(net, setting.input_shape).flops
-        mac = memory_access_cost(net, setting.input_shape).total
-        speed = inference_throughput(net, batch_size, setting.input_shape, runs=runs, warmup=warmup)
-        first = rows[0].images_per_s if rows else speed.images_per_s
+    first = percentile(speeds[0], 50)
+    for index, (setting, row_speeds) in enumerate(zip(table, speeds)):
+        net, speed = setting.network, percentile(row_speeds, 50)
         rows.append(GuidelineRow(
-            guideline=guideline, setting=setting.name, channels=setting.channels, flops=flops, mac_bytes=mac,
+            guideline=guideline, setting=setting.name, channels=setting.channels,
+            flops=count_macs(net, setting.input_shape).flops,
+            mac_bytes=memory_access_cost(net, setting.input_shape).total,
             elementwise_bytes=elementwise_bytes(net, setting.input_shape),
-            images_per_s=speed.images_per_s, ms_per_batch=1000 * batch_size / speed.images_per_s,
-            relative_speed=speed.images_per_s / first,
+            images_per_s=speed, spread=(percentile(row_speeds, 75) - percentile(row_speeds, 25)) / speed,
+            ms_per_batch=1000 * batch_size / speed, relative_speed=speed / first,
             paper_gpu=paper["gpu"][index] if paper["gpu"] else None,
             paper_arm=paper["arm"][index] if paper["arm"] else None,
             paper_gpu_first=paper["gpu"][0] if paper["gpu"] else None,
             paper_arm_first=paper["arm"][0] if paper["arm"] else None,
-            context=measurement_context(net, batch_size, setting.input_shape) | {"blocks": blocks},
+            context=measurement_context(net, batch_size, setting.input_shape) | {"blocks": blocks, "runs": runs,
+                                                                                  "rounds": rounds},
         ))
     return rows
 

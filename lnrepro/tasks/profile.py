@@ -108,7 +108,8 @@ def paper_cell(value: float | None, first: float | None) -> str | None:
     return None if value is None else f"{value:g} ({value / first:.2f})"
 
 
-# (column title, left-aligned, cell text of a row dict or None for "-") of the guideline tables.
+# (column title, left-aligned, cell text of a row dict or None for "-") of the guideline tables; guidelines.csv
+# also has ms_per_batch and the measurement context.
 GUIDELINE_COLUMNS = [
     ("setting", True, lambda r: r["setting"]),
     ("channels", True, lambda r: r["channels"]),
@@ -116,7 +117,7 @@ GUIDELINE_COLUMNS = [
     ("MAC (MB)", False, lambda r: f"{r['mac_bytes'] / 2**20:.2f}"),
     ("elem-wise (MB)", False, lambda r: f"{r['elementwise_bytes'] / 2**20:.2f}"),
     ("img/s", False, lambda r: f"{r['images_per_s']:.1f}"),
-    ("ms/batch", False, lambda r: f"{r['ms_per_batch']:.2f}"),
+    ("spread", False, lambda r: f"{r['spread']:.0%}"),
     ("relative", False, lambda r: f"{r['relative_speed']:.2f}"),
     ("paper GPU batch/s (rel.)", False, lambda r: paper_cell(r["paper_gpu"], r["paper_gpu_first"])),
     ("paper ARM img/s (rel.)", False, lambda r: paper_cell(r["paper_arm"], r["paper_arm_first"])),
@@ -130,8 +131,9 @@ def guideline_cells(row: dict[str, Any]) -> list[str]:
 def guideline_caption(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     return (f"one image: FLOPs = 2 x multiply-adds, MAC = conv inputs + outputs + weights (fp32); speed at batch "
-            f"{first['batch_size']}, input {first['input_size']} (first row), {first['blocks']} blocks; "
-            f"{first['device']}, {first['dtype']}, {first['threads']} threads, torch {first['torch_version']}")
+            f"{first['batch_size']}, input {first['input_size']} (first row), {first['blocks']} blocks, median of "
+            f"{first['rounds']} interleaved rounds of {first['runs']} batches (spread: their interquartile range / median); "
+            f"{first['device']}, {first['dtype']}, threads {first['threads']}, torch {first['torch_version']}")
 
 
 def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
@@ -161,7 +163,7 @@ def profile_guidelines(cfg: DictConfig) -> dict[str, Any]:
         scale=float(options.get("scale") or 1.0), size=int(options.get("size") or 56),
         blocks=int(options.get("blocks") or 10), batch_size=options.get("batch_size"),
         platform=options.get("platform"), device=settings.device, runs=int(settings.runs),
-        warmup=int(settings.warmup))
+        warmup=int(settings.warmup), rounds=int(options.get("rounds") or 5))
     rows = {guideline: [row.as_dict() for row in table] for guideline, table in tables.items()}
     for guideline, table_rows in rows.items():
         table = rich.table.Table(title=TITLES[guideline], caption=guideline_caption(table_rows))
