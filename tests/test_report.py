@@ -160,6 +160,19 @@ def test_missing_values_are_dashes_and_plots_without_data_are_skipped(tmp_path):
     assert any("top1_vs_latency skipped" in note for note in report.notes)
 
 
+def test_speed_table_shows_latency_throughput_and_memory_only_when_measured(tmp_path):
+    # metrics_for sets p90 = 1.1 x latency, 900 inference and 5000 training img/s, 4096 MB training memory
+    write_run(tmp_path / "runs" / "a", metrics_for("shufflenet_v2", width=0.5, latency=9.5, batch_size=64,
+                                                   **{"memory/infer_peak_mb": 141.2, "input_size": "3x32x32"}))
+    write_run(tmp_path / "runs" / "b", {"model": "mobilenet_v2", "width": 1.0, "stem": "cifar", "test/acc": 0.9})
+    markdown = make_report([tmp_path / "runs"], out_dir=tmp_path / "out", plots=False).markdown
+    assert "| model | latency ms (p90) | infer img/s | train img/s | infer memory | train memory |" in markdown
+    assert "| shufflenet_v2_x0.5 | 9.5 (10.5) | 900 | 5000 | 141 MB | 4 GB | 64 | 3x32x32 | 2 |" in markdown
+    assert "| mobilenet_v2 | - | - | - | - | - | - | - | - |" in markdown
+    write_run(tmp_path / "bare" / "c", {"model": "mobilenet_v2", "width": 1.0, "stem": "cifar", "test/acc": 0.9})
+    assert "Speed on" not in make_report([tmp_path / "bare"], out_dir=tmp_path / "out2", plots=False).markdown
+
+
 def test_imagenet_reference_matches_family_width_groups_resolution(tmp_path):
     common = dict(data="imagenet", stem="imagenet", input_size=224)
     write_run(tmp_path / "0", metrics_for("shufflenet_v1", groups=8, width=0.5, **common))

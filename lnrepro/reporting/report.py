@@ -33,7 +33,8 @@ COLUMNS = [
 FIGURES = [name for name, _ in COLUMNS[2:]]
 # after the main columns in report.csv: how and where each figure was measured
 # (csv column, metrics.json key)
-EXTRA = [(key, key) for key in ("latency_p90_ms", "infer/imgs_per_s", "train/imgs_per_s")] + [
+EXTRA = [(key, key) for key in ("latency_p90_ms", "infer/imgs_per_s", "train/imgs_per_s",
+                                 "memory/infer_peak_mb")] + [
     ("params_total", "params"), ("params_conv", "params_conv"), ("macs", "macs"), ("flops_total", "flops"),
     ("flops_conv", "flops_conv")] + [(key, key) for key in (
         "mac_bytes", "width", "conv", "groups", "data", "epochs", "device", "dtype", "threads", "batch_size",
@@ -44,6 +45,18 @@ PLOTS = {
     "flops_vs_latency": ("flops", "infer_ms_per_image"),
 }
 MISSING = "-"
+# The speed table under the main one, where runs carry speed figures (training runs at the end of fit, profile.py
+# runs always): (Markdown header, metrics.json key(s), format).
+SPEED_COLUMNS = [
+    ("latency ms (p90)", ("latency_ms", "latency_p90_ms"), "latency"),
+    ("infer img/s", ("infer/imgs_per_s",), "rate"),
+    ("train img/s", ("train/imgs_per_s",), "rate"),
+    ("infer memory", ("memory/infer_peak_mb",), "memory"),
+    ("train memory", ("memory/peak_mb",), "memory"),
+    ("batch", ("batch_size",), "plain"),
+    ("input", ("input_size",), "plain"),
+    ("threads", ("threads",), "plain"),
+]
 
 
 def _significant(value: float, digits: int = 3) -> str:
@@ -138,6 +151,32 @@ def build_rows(runs: list[Run], reference: Reference | None) -> tuple[list[Repor
     return rows, notes
 
 
+def speed_cell(metrics: dict[str, Any], keys: tuple[str, ...], kind: str) -> str:
+    values = [metrics.get(key) for key in keys]
+    if values[0] is None:
+        return MISSING
+    if kind == "latency":
+        return _significant(values[0]) + (f" ({_significant(values[1])})" if values[1] is not None else "")
+    if kind == "memory":
+        return format_value("memory_mb", values[0])
+    if kind == "rate":
+        return _significant(values[0])
+    return "x".join(map(str, values[0])) if isinstance(values[0], list) else str(values[0])
+
+
+def render_speed_table(rows: list[ReportRow]) -> list[str]:
+    """Latency, throughput and memory of each run, where any run has them (the measurement context beside)."""
+    if not any(row.run.metrics.get(keys[0]) is not None for row in rows for _, keys, _ in SPEED_COLUMNS[:5]):
+        return []
+    lines = ["", "Speed on the measuring device (latency at batch 1; throughput and training memory at `batch`):",
+             "", "| model | " + " | ".join(header for header, _, _ in SPEED_COLUMNS) + " |",
+             "| --- | " + " | ".join("---:" for _ in SPEED_COLUMNS) + " |"]
+    for row in rows:
+        cells = [speed_cell(row.run.metrics, keys, kind) for _, keys, kind in SPEED_COLUMNS]
+        lines.append(f"| {row.run.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(report: Report, sources: list[str]) -> str:
     with_reference = report.reference is not None
     lines = ["# lnrepro report", ""]
@@ -164,6 +203,7 @@ def render_markdown(report: Report, sources: list[str]) -> str:
                 cell += " / " + (format_value(name, row.reference.get(name)) if row.reference else MISSING)
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
+    lines.extend(render_speed_table(report.rows))
     if report.notes:
         lines.append("")
         lines.extend(f"- {note}" for note in report.notes)
