@@ -168,7 +168,7 @@ def render_speed_table(rows: list[ReportRow]) -> list[str]:
     """Latency, throughput and memory of each run, where any run has them (the measurement context beside)."""
     if not any(row.run.metrics.get(keys[0]) is not None for row in rows for _, keys, _ in SPEED_COLUMNS[:5]):
         return []
-    lines = ["", "Speed on the measuring device (latency at batch 1; throughput and training memory at `batch`):",
+    lines = ["", "Speed on the measuring device (latency at batch 1; throughput and memory at `batch`):",
              "", "| model | " + " | ".join(header for header, _, _ in SPEED_COLUMNS) + " |",
              "| --- | " + " | ".join("---:" for _ in SPEED_COLUMNS) + " |"]
     for row in rows:
