@@ -259,9 +259,8 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
     paper's (8 for "gpu", 1 for "arm"). Speed is `inference_throughput` (eval mode, no_grad) of `runs` batches,
     measured in `rounds` rounds that visit every row in turn (the first round after `warmup` batches per row);
     a row's images/s is its median over the rounds and `spread` their interquartile range over the median.
-    Interleaving matters: the rows
-    are compared with each other, and a change of the machine's load during the table then hits every row
-    alike instead of whichever row was being timed."""
+    Interleaving matters because the rows are compared with each other: a change of the machine's load during
+    the table then hits every row alike instead of whichever row was being timed."""
     platform = platform or ("gpu" if torch.device(device).type == "cuda" else "arm")
     if platform not in PAPER_BASES:
         raise ValueError(f"platform must be 'gpu' or 'arm', got {platform!r}")

@@ -132,7 +132,8 @@ def guideline_caption(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     return (f"one image: FLOPs = 2 x multiply-adds, MAC = conv inputs + outputs + weights (fp32); speed at batch "
             f"{first['batch_size']}, input {first['input_size']} (first row), {first['blocks']} blocks, median of "
-            f"{first['rounds']} interleaved rounds of {first['runs']} batches (spread: their interquartile range / median); "
+            f"{first['rounds']} interleaved rounds of {first['runs']} batches (spread: their interquartile range / "
+            f"median); "
             f"{first['device']}, {first['dtype']}, threads {first['threads']}, torch {first['torch_version']}")
 
 
