@@ -170,36 +170,39 @@ def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]
     return ordered[low_rank - 1], ordered[high_rank - 1]
 
 
-def fit_interleaved(args, data: TensorDataset) -> EveryOtherStep:
+def new_profile(args) -> EfficiencyProfile:
+    # The end-of-fit latency/memory measurement runs after training: it cannot slow it, so it is off here.
+    return EfficiencyProfile(image_size=args.resolution, warmup_steps=args.warmup, measure_at_end=False)
+
+
+def fit(args, data: TensorDataset, callbacks: list[pl.Callback], epochs: int) -> float:
+    """Fit a fresh network (same seed every time) on `data` with `callbacks` and nothing else (no validation,
+    logger or checkpoint); returns the wall time of `trainer.fit`."""
     pl.seed_everything(args.seed, verbose=False)
     net = build_model(args.model, width=args.width, num_classes=args.num_classes, stem=args.stem)
     module = ClassificationModule(net=net, optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
                                   scheduler=None, num_classes=args.num_classes)
-    switch = EveryOtherStep(EfficiencyProfile(image_size=args.resolution, warmup_steps=args.warmup,
-                                              measure_at_end=False), args.warmup, args.seed)
-    trainer = pl.Trainer(accelerator=args.device, devices=1, max_epochs=args.interleaved_epochs, callbacks=[switch],
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
-    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True))
-    return switch
-
-
-def fit_once(args, data: TensorDataset, with_profile: bool) -> tuple[float, float, float, HookClock | None]:
-    pl.seed_everything(args.seed, verbose=False)
-    net = build_model(args.model, width=args.width, num_classes=args.num_classes, stem=args.stem)
-    module = ClassificationModule(net=net, optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
-                                  scheduler=None, num_classes=args.num_classes)
-    timer = StepTimer(args.warmup)
-    profile = EfficiencyProfile(image_size=args.resolution, warmup_steps=args.warmup, measure_at_end=False)
-    clock = HookClock(profile) if with_profile else None
-    callbacks = [timer] + ([profile] if with_profile else [])
-    trainer = pl.Trainer(accelerator=args.device, devices=1, max_epochs=args.epochs, callbacks=callbacks,
+    trainer = pl.Trainer(accelerator=args.device, devices=1, max_epochs=epochs, callbacks=callbacks,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
     loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=0)
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
-    return timer.images_per_s, timer.median_step_images_per_s, time.perf_counter() - start, clock
+    return time.perf_counter() - start
+
+
+def fit_interleaved(args, data: TensorDataset) -> EveryOtherStep:
+    switch = EveryOtherStep(new_profile(args), args.warmup, args.seed)
+    fit(args, data, [switch], args.interleaved_epochs)
+    return switch
+
+
+def fit_once(args, data: TensorDataset, with_profile: bool) -> tuple[float, float, float, HookClock | None]:
+    timer = StepTimer(args.warmup)
+    profile = new_profile(args) if with_profile else None
+    clock = HookClock(profile) if profile else None
+    wall = fit(args, data, [timer] + ([profile] if profile else []), args.epochs)
+    return timer.images_per_s, timer.median_step_images_per_s, wall, clock
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -43,6 +44,16 @@ def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> 
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small networks on tiny batches gain nothing from more threads, and lose a lot when the cores are shared
+    (test modules of many small networks opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

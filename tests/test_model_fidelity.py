@@ -31,13 +31,7 @@ from lnrepro.models import build_model
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small networks on tiny batches gain nothing from more threads, and lose a lot when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_rows(name: str) -> list[dict[str, str]]:

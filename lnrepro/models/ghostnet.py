@@ -23,7 +23,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lnrepro.models.layers import ConvBnAct, SqueezeExcite, conv3x3_slot, init_weights, resolve_dropout, scale_channels
+from lnrepro.models.layers import (ConvBnAct, SqueezeExcite, cifar_strides, conv3x3_slot, init_weights, resolve_dropout,
+                                   scale_channels)
 from lnrepro.models.registry import register_model
 
 # Paper Table 1 / official code, one row per bottleneck, grouped in the official code's stages:
@@ -106,13 +107,12 @@ class GhostNet(nn.Module):
         self.act1 = nn.ReLU(inplace=True)
 
         in_channels = stem_channels
-        first_downsampling_block = True
+        strides = iter(cifar_strides((block[-1] for stage in STAGES for block in stage), cifar))
         stages: list[nn.Module] = []
         for stage in STAGES:
             blocks = []
-            for kernel, expansion, channels, se_ratio, stride in stage:
-                if cifar and stride == 2 and first_downsampling_block:
-                    stride, first_downsampling_block = 1, False  # the CIFAR rule: see the module docstring
+            for kernel, expansion, channels, se_ratio, _ in stage:
+                stride = next(strides)
                 out_channels = scale_channels(channels, width, 4)
                 mid_channels = scale_channels(expansion, width, 4)
                 blocks.append(GhostBottleneck(in_channels, mid_channels, out_channels, kernel, stride, se_ratio, conv))

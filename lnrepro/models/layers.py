@@ -11,7 +11,7 @@ names (``0.weight``, ``1.running_mean``, ...) are the ones in torchvision's and 
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -49,6 +49,16 @@ def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
     width/4 split evenly into the groups). Width 1.0 returns `channels` unchanged whenever it is already divisible.
     """
     return make_divisible(channels * width, divisor)
+
+
+def cifar_strides(strides: Iterable[int], cifar: bool) -> list[int]:
+    """The body's strides under the MobileNet V2 CIFAR rule (stem="cifar" of MobileNet V1/V2/V3 and GhostNet): the
+    first stride-2 layer runs at stride 1 (the stem conv does too), so a 32x32 image ends as a 4x4 map, total
+    stride 8. Unchanged for the ImageNet stem."""
+    strides = list(strides)
+    if cifar and 2 in strides:
+        strides[strides.index(2)] = 1
+    return strides
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -226,10 +236,9 @@ def conv3x3_slot(
     check_conv_kind(kind)
     if kind == "standard":
         return ConvBnAct(in_ch, out_ch, 3, stride, act_layer=act_layer, bias=bias)
-    depthwise = ConvBnAct(in_ch, in_ch, 3, stride, groups=in_ch, act_layer=nn.ReLU, bias=bias)
     if kind == "dwpw":
-        pointwise: nn.Module = ConvBnAct(in_ch, out_ch, 1, act_layer=act_layer, bias=bias)
-        return nn.Sequential(depthwise, pointwise)
+        return DepthwiseSeparable(in_ch, out_ch, stride, act_layer=nn.ReLU, pointwise_act_layer=act_layer, bias=bias)
+    depthwise = ConvBnAct(in_ch, in_ch, 3, stride, groups=in_ch, act_layer=nn.ReLU, bias=bias)
     ghost = GhostModule(in_ch, out_ch, act_layer=act_layer, bias=bias)
     if not ghost_after_depthwise:
         if stride != 1:

@@ -22,6 +22,7 @@ from lnrepro.models.layers import (
     ConvBnAct,
     DepthwiseSeparable,
     activation_layer,
+    cifar_strides,
     init_weights,
     resolve_dropout,
     scale_channels,
@@ -53,10 +54,8 @@ class MobileNetV1(nn.Module):
         cifar = stem == "cifar"
         in_channels = scale_channels(32, width)
         layers: list[nn.Module] = [ConvBnAct(3, in_channels, 3, 1 if cifar else 2, act_layer=act_layer)]
-        first_downsampling_layer = True
-        for channels, stride in DEPTHWISE_SEPARABLE_SETTING:
-            if cifar and stride == 2 and first_downsampling_layer:
-                stride, first_downsampling_layer = 1, False  # the CIFAR rule: see the module docstring
+        strides = cifar_strides((stride for _, stride in DEPTHWISE_SEPARABLE_SETTING), cifar)
+        for (channels, _), stride in zip(DEPTHWISE_SEPARABLE_SETTING, strides):
             out_channels = scale_channels(channels, width)
             layers.append(
                 DepthwiseSeparable(

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lnrepro.models.layers import ConvBnAct, init_weights, resolve_dropout, scale_channels
+from lnrepro.models.layers import ConvBnAct, cifar_strides, init_weights, resolve_dropout, scale_channels
 from lnrepro.models.registry import register_model
 
 # Paper Table 2: expansion factor t, output channels c, repeats n, stride s of the first repeat.
@@ -73,10 +73,8 @@ class MobileNetV2(nn.Module):
         self.last_channels = scale_channels(1280, max(1.0, width))
 
         features: list[nn.Module] = [ConvBnAct(3, in_channels, 3, 1 if cifar else 2, act_layer=nn.ReLU6)]
-        first_downsampling_stage = True
-        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
-            if cifar and s == 2 and first_downsampling_stage:
-                s, first_downsampling_stage = 1, False  # the CIFAR rule: see the module docstring
+        strides = cifar_strides((s for *_, s in INVERTED_RESIDUAL_SETTING), cifar)
+        for (t, c, n, _), s in zip(INVERTED_RESIDUAL_SETTING, strides):
             out_channels = scale_channels(c, width)
             for i in range(n):
                 features.append(InvertedResidual(in_channels, out_channels, s if i == 0 else 1, t))

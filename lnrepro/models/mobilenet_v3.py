@@ -31,6 +31,7 @@ from torch import nn
 from lnrepro.models.layers import (
     ConvBnAct,
     SqueezeExcite,
+    cifar_strides,
     init_weights,
     make_divisible,
     resolve_dropout,
@@ -129,11 +130,7 @@ class MobileNetV3(nn.Module):
         # timm keeps the 16-channel stem for widths below 0.75 (`fix_stem`).
         in_channels = 16 if width < 0.75 else scale_channels(16, width)
         layers: list[nn.Module] = [ConvBnAct(3, in_channels, 3, 1 if cifar else 2, act_layer=nn.Hardswish, **TF_BN)]
-        first_downsampling_block = True
-        for cfg in blocks:
-            stride = cfg.stride
-            if cifar and stride == 2 and first_downsampling_block:
-                stride, first_downsampling_block = 1, False  # the CIFAR rule: see the module docstring
+        for cfg, stride in zip(blocks, cifar_strides((cfg.stride for cfg in blocks), cifar)):
             out_channels = scale_channels(cfg.out_channels, width)
             expanded = in_channels if cfg.expand_ratio == 1 else make_divisible(in_channels * cfg.expand_ratio, 8)
             layers.append(InvertedResidual(in_channels, expanded, out_channels, cfg, stride))

@@ -79,6 +79,18 @@ def _choices(values) -> str:
     return ", ".join(str(v) for v in values)
 
 
+def _refuse_option(name: str, option: str, value: Any, what_is_missing: str) -> None:
+    """A family without `option` (conv or groups) accepts only None for it; else one error naming the families
+    that have it."""
+    if value is None:
+        return
+    owners = sorted(e.name for e in _REGISTRY.values() if getattr(e, f"default_{option}") is not None)
+    raise UserInputError(
+        f"{name} {what_is_missing} ({option}={value!r}); model.{option} applies to {_choices(owners)} only, "
+        f"leave it unset (null) for {name}"
+    )
+
+
 def build_model(
     name: str,
     *,
@@ -117,23 +129,13 @@ def build_model(
     kwargs: dict[str, Any] = dict(width=float(width), num_classes=int(num_classes), stem=stem)
 
     if entry.default_conv is None:
-        if conv is not None:
-            switch = [e.name for e in _REGISTRY.values() if e.default_conv is not None]
-            raise UserInputError(
-                f"{name} has no conv-kind switch (conv={conv!r}); model.conv applies to {_choices(sorted(switch))} "
-                f"only, leave it unset (null) for {name}"
-            )
+        _refuse_option(name, "conv", conv, "has no conv-kind switch")
     else:
         conv = entry.default_conv if conv is None else conv
         kwargs["conv"] = check_conv_kind(conv)
 
     if entry.default_groups is None:
-        if groups is not None:
-            with_groups = [e.name for e in _REGISTRY.values() if e.default_groups is not None]
-            raise UserInputError(
-                f"{name} has no groups option (groups={groups!r}); model.groups applies to "
-                f"{_choices(sorted(with_groups))} only, leave it unset (null) for {name}"
-            )
+        _refuse_option(name, "groups", groups, "has no groups option")
     else:
         groups = entry.default_groups if groups is None else groups
         if isinstance(groups, bool) or groups not in entry.group_choices:
@@ -220,10 +222,13 @@ def _fmt(shape: torch.Size) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
-def _classifier_keys(model: nn.Module) -> list[str]:
-    """State-dict keys of the final linear layer (the model names it with `classifier_name`)."""
-    prefix = getattr(model, "classifier_name")
-    return [k for k in model.state_dict() if k.startswith(prefix + ".")]
+def _same_kind(key_a: str, key_b: str) -> bool:
+    """Both keys name the same kind of tensor (weight / bias / running_mean / running_var / ...)."""
+    return key_a.rsplit(".", 1)[-1] == key_b.rsplit(".", 1)[-1]
+
+
+def _fits(key_a: str, tensor_a: torch.Tensor, key_b: str, tensor_b: torch.Tensor) -> bool:
+    return _same_kind(key_a, key_b) and _same_shape(tensor_a.shape, tensor_b.shape)
 
 
 def load_pretrained(model: nn.Module, path: str | Path, *, model_name: str = "model") -> None:
@@ -256,7 +261,8 @@ def load_pretrained(model: nn.Module, path: str | Path, *, model_name: str = "mo
         return [k for k in keys if not k.endswith(_BOOKKEEPING_SUFFIX)]
 
     own_keys, src_keys = learned(own), learned(source)
-    own_cls = [k for k in _classifier_keys(model) if not k.endswith(_BOOKKEEPING_SUFFIX)]
+    # the final linear layer's keys (each model names it with `classifier_name`)
+    own_cls = [k for k in own_keys if k.startswith(model.classifier_name + ".")]
     if set(src_keys) == set(own_keys):
         pairs = [(k, k) for k in own_keys]  # same names: torchvision files, or files saved from this project
         by_name = True
@@ -270,11 +276,10 @@ def load_pretrained(model: nn.Module, path: str | Path, *, model_name: str = "mo
     reinit_classifier, file_classes = False, 0
     for src_key, own_key in pairs:
         src_t, own_t = source[src_key], own[own_key]
-        kind_ok = src_key.rsplit(".", 1)[-1] == own_key.rsplit(".", 1)[-1]
-        if kind_ok and _same_shape(src_t.shape, own_t.shape):
+        if _fits(src_key, src_t, own_key, own_t):
             loaded[own_key] = src_t.reshape(own_t.shape)
             continue
-        if own_key in own_cls and kind_ok and src_t.shape[1:] == own_t.shape[1:]:
+        if own_key in own_cls and _same_kind(src_key, own_key) and src_t.shape[1:] == own_t.shape[1:]:
             reinit_classifier, file_classes = True, src_t.shape[0]  # only the number of classes differs
             continue
         _raise_key_mismatch(path, model_name, src_key, src_t.shape, own_key, own_t.shape, by_name)
@@ -308,8 +313,7 @@ def _raise_key_mismatch(path, model_name, src_key, src_shape, own_key, own_shape
 def _raise_misfit(path, model_name, own, source, own_keys, src_keys) -> None:
     # Name the first tensor where the two networks part ways.
     for src_key, own_key in zip(src_keys, own_keys):
-        same_kind = src_key.rsplit(".", 1)[-1] == own_key.rsplit(".", 1)[-1]
-        if not same_kind or not _same_shape(source[src_key].shape, own[own_key].shape):
+        if not _fits(src_key, source[src_key], own_key, own[own_key]):
             _raise_key_mismatch(path, model_name, src_key, source[src_key].shape, own_key, own[own_key].shape, False)
     raise UserInputError(
         f"pretrained file {str(path)!r} does not fit {model_name}: it holds {len(src_keys)} weight tensors, "
