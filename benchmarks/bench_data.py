@@ -36,11 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lnrepro.data.cifar10 import FOLDER, MEAN, STD, CIFAR10DataModule  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lnrepro.profiling import synchronize  # noqa: E402
 
 
 def time_batches(batches, count: int, warmup: int, step, device: torch.device) -> tuple[int, float]:
@@ -48,12 +44,12 @@ def time_batches(batches, count: int, warmup: int, step, device: torch.device) -
     iterator = iter(batches)
     for _ in range(warmup):
         step(next(iterator))
-    sync(device)
+    synchronize(device)
     images = 0
     start = time.perf_counter()
     for _ in range(count):
         images += step(next(iterator))
-    sync(device)
+    synchronize(device)
     return images, time.perf_counter() - start
 
 

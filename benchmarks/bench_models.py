@@ -29,6 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lnrepro.models import build_model  # noqa: E402
+from lnrepro.profiling import synchronize  # noqa: E402
 
 
 def _torchvision(name: str, **kwargs) -> Callable[[int], nn.Module]:
@@ -65,12 +66,10 @@ PAIRS: list[tuple[str, str, dict, Optional[Callable[[int], nn.Module]]]] = [
 
 def _step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
     model.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     nn.functional.cross_entropy(model(images), labels).backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - start
 
 

@@ -82,17 +82,23 @@ class StepTimer(pl.Callback):
         return self.batch_size / statistics.median(self.step_seconds) if self.step_seconds else float("nan")
 
 
+PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+
+
+def overridden_hooks(callback: pl.Callback) -> list[str]:
+    """The `on_*` hooks the callback's class defines itself (Lightning's defaults do nothing)."""
+    return [name for name in dir(type(callback))
+            if name.startswith("on_") and getattr(type(callback), name) is not getattr(pl.Callback, name, None)]
+
+
 class HookClock:
     """Seconds spent inside a callback's hooks, per hook, measured in the run itself (the callback's own cost,
     which, unlike the difference of two runs, does not drown in the machine's noise)."""
 
-    PER_STEP = ("on_train_batch_start", "on_train_batch_end")
-
     def __init__(self, callback: pl.Callback) -> None:
         self.seconds: dict[str, float] = {}
-        for name in dir(type(callback)):
-            if name.startswith("on_") and getattr(type(callback), name) is not getattr(pl.Callback, name, None):
-                setattr(callback, name, self._timed(name, getattr(callback, name)))
+        for name in overridden_hooks(callback):
+            setattr(callback, name, self._timed(name, getattr(callback, name)))
 
     def _timed(self, name, hook):
         def timed(*args, **kwargs):
@@ -105,7 +111,7 @@ class HookClock:
 
     @property
     def per_step_seconds(self) -> float:
-        return sum(self.seconds.get(name, 0.0) for name in self.PER_STEP)
+        return sum(self.seconds.get(name, 0.0) for name in PER_STEP_HOOKS)
 
     @property
     def total_seconds(self) -> float:
@@ -118,17 +124,14 @@ class EveryOtherStep(pl.Callback):
     `warmup` steps. The two steps of a pair run a fraction of a second apart under the same machine load, so
     their ratio isolates the per-step cost of the callback far below the noise between whole fits."""
 
-    PER_STEP = ("on_train_batch_start", "on_train_batch_end")
-
     def __init__(self, inner: pl.Callback, warmup: int, seed: int = 0) -> None:
         self.inner, self.warmup, self.coin = inner, warmup, random.Random(seed)
         self.steps, self.last, self.timed, self.active = 0, None, False, False
         self.first_with = False
         self.pending: dict[bool, float] = {}  # the current pair: {with the hooks: seconds}
         self.pairs: list[dict[bool, float]] = []
-        for name in dir(type(inner)):  # every other hook of the callback is forwarded as it is
-            if (name.startswith("on_") and name not in self.PER_STEP and name != "on_train_epoch_start"
-                    and getattr(type(inner), name) is not getattr(pl.Callback, name, None)):
+        for name in overridden_hooks(inner):  # every other hook of the callback is forwarded as it is
+            if name not in PER_STEP_HOOKS and name != "on_train_epoch_start":
                 setattr(self, name, getattr(inner, name))
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

@@ -15,10 +15,11 @@ from torch import nn
 
 from lnrepro.profiling import (count_macs, inference_peak_memory, inference_throughput, latency,
                                measurement_context, static_metrics, synchronize, training_peak_memory)
+from lnrepro.profiling.context import input_shape, shape_text
+from lnrepro.profiling.memory import MB
 from lnrepro.profiling.report import LAYER_COLUMNS, layer_rows
 
 log = logging.getLogger(__name__)
-MB = 2**20
 
 
 class EfficiencyProfile(pl.Callback):
@@ -27,8 +28,9 @@ class EfficiencyProfile(pl.Callback):
     - At fit start: parameters, multiply-adds, FLOPs (= 2 x multiply-adds) and memory access cost for one image
       of `image_size` (None: the size of the first training batch), on the network (`pl_module.net` when the
       module has one), in eval mode under no_grad, train mode restored.
-    - Every epoch: training time (wall clock of the epoch minus its validation, so checkpoint writing counts as
-      training, as it does on the user's clock), images/s, and validation time. Timers read
+    - Every epoch: training time (wall clock of the epoch minus its validation; Lightning runs checkpoint
+      callbacks after all others, so a checkpoint saved as validation ends counts as training time and one
+      saved as the epoch ends, like `last.ckpt`, falls outside it), images/s, and validation time. Timers read
       `time.perf_counter()` after synchronising the device at epoch and validation boundaries only; images are
       counted from the batch shape in `on_train_batch_end`, which needs no synchronisation. The first
       `warmup_steps` steps of epoch 0 (allocator growth, kernel selection) are left out of images/s, and
@@ -86,11 +88,11 @@ class EfficiencyProfile(pl.Callback):
         if not trainer.is_global_zero:
             return
         numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        for logger in trainer.loggers:
-            if numbers:
+        if numbers:
+            for logger in trainer.loggers:
                 logger.log_metrics(numbers, step=trainer.global_step)
-            if isinstance(logger, WandbLogger):
-                logger.experiment.summary.update(values)
+        for logger in self.wandb_loggers(trainer):
+            logger.experiment.summary.update(values)
 
     @staticmethod
     def wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
@@ -106,7 +108,7 @@ class EfficiencyProfile(pl.Callback):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def _count_static(self, trainer: pl.Trainer, pl_module: pl.LightningModule, input_size) -> None:
-        self._input_shape = tuple(input_size) if isinstance(input_size, (list, tuple)) else (3, input_size, input_size)
+        self._input_shape = input_shape(input_size)
         net = self.network(pl_module)
         wandb_loggers = self.wandb_loggers(trainer) if trainer.is_global_zero else []
         macs = count_macs(net, self._input_shape) if wandb_loggers else None  # counted once, for both
@@ -119,7 +121,7 @@ class EfficiencyProfile(pl.Callback):
                 logger.log_table(self.TABLE_KEY, columns=LAYER_COLUMNS, data=rows, step=trainer.global_step)
         log.info("%s: %.3fM params, %.1fM multiply-adds (%.1fM FLOPs) per %s image", type(self.network(pl_module))
                  .__name__, counts["params"] / 1e6, counts["macs"] / 1e6, counts["flops"] / 1e6,
-                 "x".join(map(str, self._input_shape)))
+                 shape_text(self._input_shape))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         synchronize(pl_module.device)
@@ -164,34 +166,36 @@ class EfficiencyProfile(pl.Callback):
         if self._count_from is not None and self._images_in_epoch:
             self._images += self._images_in_epoch
             self._counted_seconds += now - self._count_from - self._val_seconds_in_epoch
-        self._update_speed(trainer)
-        self.publish(trainer, {k: v for k, v in self.metrics.items() if k.endswith("_s") or k.endswith("per_s")})
+        self.publish(trainer, self._update_speed(trainer))
 
-    def _update_speed(self, trainer: pl.Trainer) -> None:
+    def _update_speed(self, trainer: pl.Trainer) -> dict[str, float]:
+        """Recompute the speed figures into `self.metrics`; returns them."""
         epochs = self._epoch_seconds[1:] or self._epoch_seconds
-        self.metrics["train/epoch_s"] = statistics.median(epochs)
+        speed = {"train/epoch_s": statistics.median(epochs)}
         if self._val_seconds:
-            self.metrics["val/epoch_s"] = statistics.median(self._val_seconds)
+            speed["val/epoch_s"] = statistics.median(self._val_seconds)
         if self._images and self._counted_seconds > 0:
-            self.metrics["train/imgs_per_s"] = self._images / self._counted_seconds * trainer.world_size
+            speed["train/imgs_per_s"] = self._images / self._counted_seconds * trainer.world_size
+        self.metrics.update(speed)
+        return speed
 
     # ---------------------------------------------------------------------------------------------------------
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = self.network(pl_module)
         batch_size = self.throughput_batch or self._train_batch_size or 1
-        input_shape = self._input_shape or (3, 32, 32)
+        shape = self._input_shape or (3, 32, 32)
         if pl_module.device.type == "cuda" and self.memory:  # the fit's own peak, before anything else runs
             self.metrics["memory/peak_mb"] = torch.cuda.max_memory_allocated(pl_module.device) / MB
         if self.measure_at_end and trainer.is_global_zero:
-            one = latency(net, input_shape, runs=self.latency_runs, warmup=self.latency_warmup)
+            one = latency(net, shape, runs=self.latency_runs, warmup=self.latency_warmup)
             self.metrics["latency_ms"], self.metrics["latency_p90_ms"] = one.median_ms, one.p90_ms
             self.metrics["infer/imgs_per_s"] = inference_throughput(
-                net, batch_size, input_shape, runs=self.throughput_runs, warmup=1).images_per_s
+                net, batch_size, shape, runs=self.throughput_runs, warmup=1).images_per_s
             if self.memory:
-                self.metrics["memory/infer_peak_mb"] = inference_peak_memory(net, batch_size, input_shape).peak_mb
+                self.metrics["memory/infer_peak_mb"] = inference_peak_memory(net, batch_size, shape).peak_mb
                 if pl_module.device.type != "cuda":
                     train_batch = self._train_batch_size or batch_size
-                    self.metrics["memory/peak_mb"] = training_peak_memory(net, train_batch, input_shape).peak_mb
-        self.metrics.update(measurement_context(net, batch_size, input_shape))
+                    self.metrics["memory/peak_mb"] = training_peak_memory(net, train_batch, shape).peak_mb
+        self.metrics.update(measurement_context(net, batch_size, shape))
         self.metrics["batch_size"] = self._train_batch_size or batch_size
         self.publish(trainer, self.metrics)

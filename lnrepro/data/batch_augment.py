@@ -7,6 +7,8 @@ random crop and flip for every image of the batch, with the default torch RNG of
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -32,10 +34,18 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4, flip_prob: float = 
     return flat.gather(2, index.expand(batch, channels, height * width)).view(batch, channels, height, width)
 
 
+@functools.lru_cache(maxsize=8)
+def _normalization(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: building them per batch would be two host-to-device copies, each a stream sync on a GPU.
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
+    return scale, shift
+
+
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 [0, 255] -> float32 normalised per channel, contiguous in NCHW."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, -1, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(1, -1, 1, 1)
+    scale, shift = _normalization(tuple(mean), tuple(std), images.device)
     return torch.addcmul(shift, images.float(), scale).contiguous()
 
 

@@ -72,16 +72,18 @@ class ImageFolderDataModule(SplitDataModule):
             auto_augment = AUTO_AUGMENT_ALIASES.get(str(auto_augment).lower(), auto_augment)
         if eval_crop > eval_resize:
             raise UserInputError(f"data.eval_crop ({eval_crop}) cannot exceed data.eval_resize ({eval_resize})")
-        self.train_transform_args = dict(
+        from timm.data import create_transform
+
+        # Built here, so that an unknown augmentation policy fails before any data is read.
+        self.train_transform = _train_transform(dict(
             input_size=train_crop, is_training=True, hflip=hflip, color_jitter=color_jitter,
             auto_augment=auto_augment, interpolation=interpolation, re_prob=random_erasing,
             mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        )
-        self.eval_transform_args = dict(
+        ))
+        self.eval_transform = create_transform(
             input_size=eval_crop, is_training=False, crop_pct=eval_crop / eval_resize, interpolation=interpolation,
             mean=IMAGENET_MEAN, std=IMAGENET_STD,
         )
-        _train_transform(self.train_transform_args)  # an unknown policy fails here, before any data is read
 
     def _folder(self, split: str) -> Path:
         folder = self.root / split
@@ -95,13 +97,12 @@ class ImageFolderDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        from timm.data import create_transform
         from torchvision.datasets import ImageFolder
 
         train_folder, test_folder = self._folder("train"), self._folder("val")
-        train_view = ImageFolder(str(train_folder), transform=_train_transform(self.train_transform_args))
-        eval_view = ImageFolder(str(train_folder), transform=create_transform(**self.eval_transform_args))
-        test_view = ImageFolder(str(test_folder), transform=create_transform(**self.eval_transform_args))
+        train_view = ImageFolder(str(train_folder), transform=self.train_transform)
+        eval_view = ImageFolder(str(train_folder), transform=self.eval_transform)
+        test_view = ImageFolder(str(test_folder), transform=self.eval_transform)
         if self.expected_classes != len(train_view.classes):
             raise UserInputError(
                 f"{train_folder} has {len(train_view.classes)} class folders but data.num_classes="

@@ -40,6 +40,11 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
+def random_input(model: nn.Module, batch_size: int, input_size: InputSize) -> torch.Tensor:
+    """A random batch of `input_size` images on the model's device and in its dtype."""
+    return torch.randn(batch_size, *input_shape(input_size), device=model_device(model), dtype=model_dtype(model))
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait for the device's queued work: GPU kernels run asynchronously, so a timer read without this
     measures only how fast Python queued them. A no-op on the CPU."""

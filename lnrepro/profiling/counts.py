@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lnrepro.profiling.context import InputSize, input_shape, model_device, model_dtype
+from lnrepro.profiling.context import InputSize, model_dtype, random_input
 
 #: Layers whose memory access cost is counted (ShuffleNet V2 defines MAC for convolutions; a linear layer is a
 #: 1x1 convolution on a 1x1 map). BatchNorm, activations, pooling, concatenation and shuffles are left out.
@@ -76,6 +76,11 @@ class MacCount:
     def conv_flops(self) -> int:
         return 2 * self.conv_macs
 
+    @property
+    def mac_bytes(self) -> int:
+        """Memory access cost of the whole pass, in bytes (see `MemoryAccessCost`), at the model's element size."""
+        return sum(layer.mac_bytes for layer in self.layers)
+
 
 @contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
@@ -87,10 +92,6 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
             yield model
     finally:
         model.train(was_training)
-
-
-def _example_input(model: nn.Module, input_size: InputSize, batch_size: int = 1) -> torch.Tensor:
-    return torch.randn(batch_size, *input_shape(input_size), device=model_device(model), dtype=model_dtype(model))
 
 
 def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -154,7 +155,7 @@ def _profile_layers(model: nn.Module, input_size: InputSize, bytes_per_element: 
         handles.append(module.register_forward_hook(after(name)))
     try:
         with evaluation_mode(model), counter:
-            model(_example_input(model, input_size))
+            model(random_input(model, 1, input_size))
     finally:
         for handle in handles:
             handle.remove()

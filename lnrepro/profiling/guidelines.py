@@ -31,8 +31,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lnrepro.profiling.context import measurement_context, percentile
-from lnrepro.profiling.counts import count_macs, memory_access_cost
+from lnrepro.profiling.context import measurement_context, percentile, random_input
+from lnrepro.profiling.counts import count_macs, evaluation_mode
 from lnrepro.profiling.timing import inference_throughput
 
 GUIDELINES = ("g1", "g2", "g3", "g4")
@@ -178,9 +178,8 @@ def elementwise_bytes(model: nn.Module, input_shape: tuple[int, int, int], bytes
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.ReLU, Add))]
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, dtype=next(model.parameters()).dtype,
-                              device=next(model.parameters()).device))
+        with evaluation_mode(model):
+            model(random_input(model, 1, input_shape))
     finally:
         for handle in handles:
             handle.remove()
@@ -281,10 +280,10 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
     first = percentile(speeds[0], 50)
     for index, (setting, row_speeds) in enumerate(zip(table, speeds)):
         net, speed = setting.network, percentile(row_speeds, 50)
+        macs = count_macs(net, setting.input_shape)  # fp32: 4 bytes per element in mac_bytes
         rows.append(GuidelineRow(
             guideline=guideline, setting=setting.name, channels=setting.channels,
-            flops=count_macs(net, setting.input_shape).flops,
-            mac_bytes=memory_access_cost(net, setting.input_shape).total,
+            flops=macs.flops, mac_bytes=macs.mac_bytes,
             elementwise_bytes=elementwise_bytes(net, setting.input_shape),
             images_per_s=speed, spread=(percentile(row_speeds, 75) - percentile(row_speeds, 25)) / speed,
             ms_per_batch=1000 * batch_size / speed, relative_speed=speed / first,

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lnrepro.profiling.context import InputSize, input_shape, measurement_context, model_device, model_dtype, synchronize
+from lnrepro.profiling.context import InputSize, measurement_context, model_device, random_input, synchronize
 from lnrepro.profiling.counts import evaluation_mode
 from lnrepro.profiling.timing import train_step_fn
 
@@ -70,13 +70,11 @@ def _peak(model: nn.Module, run: Callable[[], None]) -> tuple[float, str]:
 def inference_peak_memory(model: nn.Module, batch_size: int, input_size: InputSize) -> PeakMemory:
     """Peak memory of one forward pass at `batch_size` in eval mode under no_grad (input included), weights
     included; see the module docstring for how. The model's train/eval mode is restored."""
-    shape = (batch_size, *input_shape(input_size))
-
     def forward() -> None:
-        model(torch.randn(shape, device=model_device(model), dtype=model_dtype(model)))
+        model(random_input(model, batch_size, input_size))  # made inside, so the input counts in the peak
 
     with evaluation_mode(model):
-        model(torch.randn(1, *shape[1:], device=model_device(model), dtype=model_dtype(model)))  # lazy init
+        model(random_input(model, 1, input_size))  # lazy init
         peak, method = _peak(model, forward)
     return PeakMemory(peak, method, measurement_context(model, batch_size, input_size))
 

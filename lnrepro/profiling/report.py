@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from lnrepro.profiling.context import InputSize, measurement_context
+from lnrepro.profiling.context import InputSize, measurement_context, shape_text
 from lnrepro.profiling.counts import MacCount, count_macs, count_parameters
 from lnrepro.profiling.memory import inference_peak_memory, training_peak_memory
 from lnrepro.profiling.timing import inference_throughput, latency, training_throughput
@@ -25,7 +25,7 @@ def static_metrics(model: nn.Module, input_size: InputSize, macs: MacCount | Non
         "macs_conv": macs.conv_macs,
         "flops": macs.flops,
         "flops_conv": macs.conv_flops,
-        "mac_bytes": sum(layer.mac_bytes for layer in macs.layers),
+        "mac_bytes": macs.mac_bytes,
     }
 
 
@@ -36,7 +36,7 @@ def layer_rows(macs: MacCount) -> list[list[Any]]:
     """The per-layer breakdown of `count_macs` as table rows under `LAYER_COLUMNS` (FLOPs = 2 x multiply-adds,
     output shape as "CxHxW", memory access cost in bytes, 0 for layers other than Conv2d/Linear)."""
     return [[layer.name, layer.type, layer.macs, 2 * layer.macs, layer.params,
-             "x".join(map(str, layer.output_shape)), layer.mac_bytes] for layer in macs.layers]
+             shape_text(layer.output_shape), layer.mac_bytes] for layer in macs.layers]
 
 
 def measured_metrics(model: nn.Module, input_size: InputSize, batch_size: int, runs: int = 50, warmup: int = 5,
@@ -64,7 +64,8 @@ def measured_metrics(model: nn.Module, input_size: InputSize, batch_size: int, r
 
 
 def profile_model(model: nn.Module, input_size: InputSize, batch_size: int, runs: int = 50, warmup: int = 5,
-                  train: bool = True, memory: bool = True) -> dict[str, Any]:
-    """`static_metrics` and `measured_metrics` together, on the device and dtype where the model is."""
-    return {**static_metrics(model, input_size),
+                  train: bool = True, memory: bool = True, macs: MacCount | None = None) -> dict[str, Any]:
+    """`static_metrics` (with `macs` when the caller has counted them) and `measured_metrics` together, on the
+    device and dtype where the model is."""
+    return {**static_metrics(model, input_size, macs=macs),
             **measured_metrics(model, input_size, batch_size, runs, warmup, train, memory)}

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lnrepro.profiling.context import (InputSize, input_shape, measurement_context, model_device, model_dtype,
+from lnrepro.profiling.context import (InputSize, measurement_context, model_device, random_input,
                                        percentile, synchronize)
 from lnrepro.profiling.counts import evaluation_mode
 
@@ -39,10 +39,6 @@ def _placed(model: nn.Module, device: torch.device | str | None) -> nn.Module:
     return model if device is None or torch.device(device) == model_device(model) else model.to(device)
 
 
-def _random_images(model: nn.Module, batch_size: int, input_size: InputSize) -> torch.Tensor:
-    return torch.randn(batch_size, *input_shape(input_size), device=model_device(model), dtype=model_dtype(model))
-
-
 def _timed(step: Callable[[], Any], device: torch.device, runs: int, warmup: int) -> list[float]:
     """Seconds of each of `runs` calls of `step`, after `warmup` untimed calls (allocator growth, cuDNN/oneDNN
     kernel selection and lazy initialisation happen in the first calls)."""
@@ -63,7 +59,7 @@ def latency(model: nn.Module, input_size: InputSize, device: torch.device | str 
     """Inference latency of one image (batch 1): median and 90th percentile over `runs` forward passes in eval
     mode under no_grad, after `warmup` passes, in milliseconds. The model's train/eval mode is restored."""
     model = _placed(model, device)
-    images = _random_images(model, 1, input_size)
+    images = random_input(model, 1, input_size)
     with evaluation_mode(model):
         seconds = _timed(lambda: model(images), model_device(model), runs, warmup)
     ms = [1000 * s for s in seconds]
@@ -75,7 +71,7 @@ def inference_throughput(model: nn.Module, batch_size: int, input_size: InputSiz
     """Images per second of forward passes at `batch_size` in eval mode under no_grad: batch_size x runs
     images over the summed time of the `runs` timed passes (after `warmup` passes)."""
     model = _placed(model, device)
-    images = _random_images(model, batch_size, input_size)
+    images = random_input(model, batch_size, input_size)
     with evaluation_mode(model):
         seconds = _timed(lambda: model(images), model_device(model), runs, warmup)
     return Throughput(batch_size * runs / sum(seconds), measurement_context(model, batch_size, input_size))
@@ -84,7 +80,7 @@ def inference_throughput(model: nn.Module, batch_size: int, input_size: InputSiz
 def train_step_fn(model: nn.Module, batch_size: int, input_size: InputSize) -> Callable[[], None]:
     """One training step on a fixed random batch: forward, cross-entropy against random labels, backward, SGD
     step with momentum 0.9 (the optimizer and its state are created here, the state on the first step)."""
-    images = _random_images(model, batch_size, input_size)
+    images = random_input(model, batch_size, input_size)
     with evaluation_mode(model):
         num_classes = model(images[:1]).shape[-1]
     labels = torch.randint(0, num_classes, (batch_size,), device=images.device)

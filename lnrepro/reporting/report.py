@@ -17,6 +17,7 @@ from typing import Any
 from lnrepro.reporting.collect import Run, load_runs
 from lnrepro.reporting.plots import scatter_plot
 from lnrepro.reporting.reference import Reference, load_reference
+from lnrepro.utils.tables import markdown_table
 
 # (csv column, Markdown header) in the seed table's order
 COLUMNS = [
@@ -168,13 +169,11 @@ def render_speed_table(rows: list[ReportRow]) -> list[str]:
     """Latency, throughput and memory of each run, where any run has them (the measurement context beside)."""
     if not any(row.run.metrics.get(keys[0]) is not None for row in rows for _, keys, _ in SPEED_COLUMNS[:5]):
         return []
-    lines = ["", "Speed on the measuring device (latency at batch 1; throughput and memory at `batch`):",
-             "", "| model | " + " | ".join(header for header, _, _ in SPEED_COLUMNS) + " |",
-             "| --- | " + " | ".join("---:" for _ in SPEED_COLUMNS) + " |"]
-    for row in rows:
-        cells = [speed_cell(row.run.metrics, keys, kind) for _, keys, kind in SPEED_COLUMNS]
-        lines.append(f"| {row.run.name} | " + " | ".join(cells) + " |")
-    return lines
+    columns = [("model", True)] + [(header, False) for header, _, _ in SPEED_COLUMNS]
+    cells = [[row.run.name] + [speed_cell(row.run.metrics, keys, kind) for _, keys, kind in SPEED_COLUMNS]
+             for row in rows]
+    return ["", "Speed on the measuring device (latency at batch 1; throughput and memory at `batch`):", "",
+            *markdown_table(columns, cells)]
 
 
 def render_markdown(report: Report, sources: list[str]) -> str:
@@ -190,9 +189,7 @@ def render_markdown(report: Report, sources: list[str]) -> str:
     if devices:
         lines.append(f"Measured on: {', '.join(devices)}.")
     lines.append("")
-    headers = [header for _, header in COLUMNS]
-    lines.append("| " + " | ".join(headers) + " |")
-    lines.append("| " + " | ".join(["---", "---"] + ["---:"] * len(FIGURES)) + " |")
+    table = []
     for row in report.rows:
         cells = [row.run.name, row.run.stem or MISSING]
         for name in FIGURES:
@@ -202,7 +199,8 @@ def render_markdown(report: Report, sources: list[str]) -> str:
             if with_reference:
                 cell += " / " + (format_value(name, row.reference.get(name)) if row.reference else MISSING)
             cells.append(cell)
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    lines.extend(markdown_table([(header, name in ("model", "stem")) for name, header in COLUMNS], table))
     lines.extend(render_speed_table(report.rows))
     if report.notes:
         lines.append("")

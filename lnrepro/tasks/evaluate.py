@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import rich
-import rich.table
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro.errors import UserInputError
@@ -15,6 +13,7 @@ from lnrepro.tasks.common import hydra_config, log, write_metrics
 from lnrepro.tasks.train import build_module, run_facts
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
 from lnrepro.utils.instantiate import close_loggers, instantiate, instantiate_loggers
+from lnrepro.utils.tables import print_table
 
 # Only these parts of a stored run can be changed on eval's command line; the rest describes the trained weights.
 OVERRIDABLE = ("data", "model")
@@ -41,13 +40,10 @@ def stored_run_config(checkpoint: dict[str, Any], cfg: DictConfig, path: str) ->
     return run_cfg
 
 
-def print_table(metrics: dict[str, Any], title: str) -> None:
-    table = rich.table.Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in sorted(metrics.items()):
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    rich.print(table)
+def print_metrics(metrics: dict[str, Any], title: str) -> None:
+    print_table(title, [("metric", True), ("value", False)],
+                [[key, f"{value:.4f}" if isinstance(value, float) else str(value)]
+                 for key, value in sorted(metrics.items())])
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -67,7 +63,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         close_loggers(loggers)
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
     log.info("evaluated %s on the test split", cfg.ckpt_path)
-    print_table(metrics, title=f"{run_cfg.model.name} (test split)")
+    print_metrics(metrics, title=f"{run_cfg.model.name} (test split)")
     metrics.update(run_facts(run_cfg), ckpt_path=str(cfg.ckpt_path))
     if trainer.is_global_zero:
         write_metrics(Path(cfg.paths.output_dir) / "metrics.json", metrics)

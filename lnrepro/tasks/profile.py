@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import rich.console
-import rich.table
 import torch
 from omegaconf import DictConfig
 
-from lnrepro.profiling import count_macs, profile_model
+from lnrepro.profiling import MacCount, count_macs, profile_model
+from lnrepro.profiling.context import shape_text
 from lnrepro.tasks.common import log, write_metrics
 from lnrepro.tasks.train import run_facts
 from lnrepro.utils.instantiate import instantiate
+from lnrepro.utils.tables import markdown_table, print_table
 
 # (column title, metrics key, format); the order of the seed table where it has the column.
 COLUMNS = [
@@ -49,29 +49,16 @@ def format_row(metrics: dict[str, Any]) -> list[str]:
 
 def print_rows(rows: list[dict[str, Any]], title: str = "efficiency (MACs = multiply-adds, FLOPs = 2 x MACs)") -> None:
     context = ", ".join(f"{key} {rows[0].get(key)}" for key in CONTEXT) if rows else ""
-    table = rich.table.Table(title=title, caption=f"latency at batch 1; {context}")
-    for title_, _, fmt, *_ in COLUMNS:
-        table.add_column(title_, justify="left" if fmt == "{}" else "right", no_wrap=True)
-    for metrics in rows:
-        table.add_row(*format_row(metrics))
-    wide_console().print(table)
+    print_table(title, [(title_, fmt == "{}") for title_, _, fmt, *_ in COLUMNS], [format_row(m) for m in rows],
+                caption=f"latency at batch 1; {context}")
 
 
-def wide_console() -> rich.console.Console:
-    # Piped output (logs, CI) would otherwise be cut to 80 columns.
-    console = rich.console.Console()
-    return console if console.width >= 160 else rich.console.Console(width=160)
-
-
-def print_layers(net: torch.nn.Module, input_size) -> None:
-    table = rich.table.Table(title="per layer, one image (MACs = multiply-adds)")
-    for name in ("layer", "type", "output", "params", "MACs", "MAC bytes"):
-        table.add_column(name, justify="left" if name in ("layer", "type", "output") else "right")
-    for layer in count_macs(net, input_size).layers:
-        if layer.macs or layer.params or layer.mac_bytes:
-            table.add_row(layer.name, layer.type, "x".join(map(str, layer.output_shape)), f"{layer.params:,}",
-                          f"{layer.macs:,}", f"{layer.mac_bytes:,}")
-    wide_console().print(table)
+def print_layers(macs: MacCount) -> None:
+    columns = [("layer", True), ("type", True), ("output", True), ("params", False), ("MACs", False),
+               ("MAC bytes", False)]
+    rows = [[layer.name, layer.type, shape_text(layer.output_shape), f"{layer.params:,}", f"{layer.macs:,}",
+             f"{layer.mac_bytes:,}"] for layer in macs.layers if layer.macs or layer.params or layer.mac_bytes]
+    print_table("per layer, one image (MACs = multiply-adds)", columns, rows)
 
 
 def profile(cfg: DictConfig) -> dict[str, Any]:
@@ -86,8 +73,10 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     net = instantiate(cfg.model).to(settings.device)
     input_size = (3, int(cfg.data.image_size), int(cfg.data.image_size))
     log.info("profiling %s on %s, input %s", cfg.model.name, settings.device, input_size)
+    macs = count_macs(net, input_size)  # once, for the totals and the per-layer table
     metrics = profile_model(net, input_size, batch_size=int(settings.batch_size), runs=int(settings.runs),
-                            warmup=int(settings.warmup), train=bool(settings.train), memory=bool(settings.memory))
+                            warmup=int(settings.warmup), train=bool(settings.train), memory=bool(settings.memory),
+                            macs=macs)
     if settings.get("onnx"):
         from lnrepro.profiling.onnx_latency import onnx_latency
 
@@ -97,7 +86,7 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
                         "onnx/max_abs_diff": deployed.max_abs_diff, "onnx/runtime": deployed.runtime_version})
     metrics.update(run_facts(cfg))
     if settings.get("layers"):
-        print_layers(net, input_size)
+        print_layers(macs)
     print_rows([metrics])
     write_metrics(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics
@@ -124,6 +113,9 @@ GUIDELINE_COLUMNS = [
 ]
 
 
+GUIDELINE_TABLE_COLUMNS = [(title, left) for title, left, _ in GUIDELINE_COLUMNS]
+
+
 def guideline_cells(row: dict[str, Any]) -> list[str]:
     return [cell if (cell := text(row)) is not None else "-" for _, _, text in GUIDELINE_COLUMNS]
 
@@ -143,9 +135,7 @@ def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
     parts = []
     for guideline, rows in tables.items():
         parts.append(f"### {TITLES[guideline]}\n")
-        parts.append("| " + " | ".join(title for title, *_ in GUIDELINE_COLUMNS) + " |")
-        parts.append("|" + "|".join("---" if left else "---:" for _, left, _ in GUIDELINE_COLUMNS) + "|")
-        parts.extend("| " + " | ".join(guideline_cells(row)) + " |" for row in rows)
+        parts.extend(markdown_table(GUIDELINE_TABLE_COLUMNS, [guideline_cells(row) for row in rows]))
         parts.append(f"\n{guideline_caption(rows)}\n")
     return "\n".join(parts)
 
@@ -158,21 +148,15 @@ def profile_guidelines(cfg: DictConfig) -> dict[str, Any]:
     from lnrepro.profiling.guidelines import TITLES, run_guidelines
 
     settings = cfg.profile
-    options = settings.get("guideline") or {}
+    # Options left unset (null) take run_guideline's defaults, the paper's settings.
+    options = {key: value for key, value in (settings.get("guideline") or {}).items() if value is not None}
     tables = run_guidelines(
         list(settings.guidelines), progress=lambda g: log.info("benchmarking %s", TITLES[g]),
-        scale=float(options.get("scale") or 1.0), size=int(options.get("size") or 56),
-        blocks=int(options.get("blocks") or 10), batch_size=options.get("batch_size"),
-        platform=options.get("platform"), device=settings.device, runs=int(settings.runs),
-        warmup=int(settings.warmup), rounds=int(options.get("rounds") or 5))
+        device=settings.device, runs=int(settings.runs), warmup=int(settings.warmup), **options)
     rows = {guideline: [row.as_dict() for row in table] for guideline, table in tables.items()}
     for guideline, table_rows in rows.items():
-        table = rich.table.Table(title=TITLES[guideline], caption=guideline_caption(table_rows))
-        for title, left, _ in GUIDELINE_COLUMNS:
-            table.add_column(title, justify="left" if left else "right", no_wrap=True)
-        for row in table_rows:
-            table.add_row(*guideline_cells(row))
-        wide_console().print(table)
+        print_table(TITLES[guideline], GUIDELINE_TABLE_COLUMNS, [guideline_cells(row) for row in table_rows],
+                    caption=guideline_caption(table_rows))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "guidelines.md").write_text(guidelines_markdown(rows))
