@@ -37,6 +37,12 @@ def test_data_configs_compose_and_set_the_stem(make_train_cfg, data):
     assert cfg.model.num_classes == cfg.data.num_classes
 
 
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_config_shuffles_with_the_run_seed(make_train_cfg, data):
+    cfg = make_train_cfg(f"data={data}", "seed=123")
+    assert cfg.data.shuffle_seed == 123
+
+
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 def test_optimizer_configs_make_optimizers(make_train_cfg, optimizer):
     cfg = make_train_cfg(f"optimizer={optimizer}")
