@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,44 @@ def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
     assert "train/imgs_per_s" in csv_header and "latency_ms" in csv_header  # reached the logger
     saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert CALLBACK_KEYS <= set(saved)  # the train task merges the callback's figures
+
+
+def test_callback_times_no_epoch_whose_start_a_mid_epoch_resume_skipped(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lnrepro.callbacks import EfficiencyProfile
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_net()
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(40, 3, 8, 8), torch.randint(0, 10, (40,))), batch_size=4)
+
+    def fit(epochs, callbacks, ckpt_path=None):
+        pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu"
+                   ).fit(Tiny(), data, ckpt_path=ckpt_path)
+
+    # 10 steps per epoch: a checkpoint at step 15 is in the middle of epoch 1.
+    fit(2, [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=15, save_top_k=-1)])
+    (mid_epoch,) = (tmp_path / "ckpt").glob("*step=15*.ckpt")
+    profile = EfficiencyProfile(image_size=8, warmup_steps=1, measure_at_end=False)
+    start = time.perf_counter()
+    fit(3, [profile], ckpt_path=mid_epoch)  # the rest of epoch 1, then epoch 2
+    assert len(profile._epoch_seconds) == 1  # epoch 2 only: epoch 1's start was never seen
+    assert 0 < profile.metrics["train/epoch_s"] < time.perf_counter() - start
 
 
 def _write_wandb_log(path: Path, records: list[bytes]) -> None:

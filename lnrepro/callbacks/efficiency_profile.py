@@ -67,7 +67,7 @@ class EfficiencyProfile(pl.Callback):
     def _reset_timers(self) -> None:
         self._train_batch_size: int | None = None
         self._input_shape: tuple[int, ...] | None = None
-        self._epoch_start = 0.0
+        self._epoch_start: float | None = None  # None: this epoch's start was not seen
         self._val_start = 0.0
         self._val_seconds_in_epoch = 0.0
         self._epoch_seconds: list[float] = []
@@ -162,7 +162,10 @@ class EfficiencyProfile(pl.Callback):
         # Lightning runs the epoch's validation before this hook: its time is taken out.
         synchronize(pl_module.device)
         now = time.perf_counter()
+        if self._epoch_start is None:  # resumed mid-epoch: Lightning skipped the start, the epoch has no clock
+            return
         self._epoch_seconds.append(now - self._epoch_start - self._val_seconds_in_epoch)
+        self._epoch_start = None
         if self._count_from is not None and self._images_in_epoch:
             self._images += self._images_in_epoch
             self._counted_seconds += now - self._count_from - self._val_seconds_in_epoch
