@@ -133,6 +133,19 @@ def test_unknown_guideline_is_an_error():
         settings("g5", 8)
 
 
+@pytest.mark.parametrize("override, named", [("profile.guidelines=[g1,g5]", "'g5'"),
+                                              ("profile.guideline.rounds=0", "profile.guideline.rounds")])
+def test_profile_py_refuses_bad_guideline_options_in_one_line(tmp_path, capsys, override, named):
+    from lnrepro.tasks.common import run_task
+
+    cfg = compose_config("profile", tmp_path / "run", ["experiment=shufflenetv2_guidelines", override])
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(profile, cfg)  # fails before measuring anything
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and named in error and "\n" not in error
+
+
 def test_preset_runs_through_the_profile_task(tmp_path, capsys):
     cfg = compose_config("profile", tmp_path / "run", [
         "experiment=shufflenetv2_guidelines", "profile.guideline.scale=0.125", "profile.guideline.size=4",

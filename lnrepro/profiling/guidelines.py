@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from lnrepro.errors import UserInputError
 from lnrepro.profiling.context import measurement_context, percentile, random_input
 from lnrepro.profiling.counts import count_macs, evaluation_mode
 from lnrepro.profiling.timing import inference_throughput
@@ -197,6 +198,10 @@ class Setting:
     input_shape: tuple[int, int, int]
 
 
+def unknown_guideline(guideline: str) -> UserInputError:
+    return UserInputError(f"unknown guideline {guideline!r} in profile.guidelines; choose from {', '.join(GUIDELINES)}")
+
+
 def settings(guideline: str, base: int, size: int = PAPER_INPUT, blocks: int = PAPER_BLOCKS) -> list[Setting]:
     """The rows of one guideline's table at channel setting `base` and input side `size`."""
     if guideline == "g1":
@@ -214,7 +219,7 @@ def settings(guideline: str, base: int, size: int = PAPER_INPUT, blocks: int = P
     if guideline == "g4":
         return [Setting(name, f"c={base}", g4_network(relu, shortcut, base, blocks), (4 * base, size, size))
                 for name, relu, shortcut in G4_SETTINGS]
-    raise ValueError(f"unknown guideline {guideline!r}; expected one of {', '.join(GUIDELINES)}")
+    raise unknown_guideline(guideline)
 
 
 def paper_figures(guideline: str, base: int, size: int, blocks: int) -> dict[str, tuple | None]:
@@ -262,9 +267,10 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
     the table then hits every row alike instead of whichever row was being timed."""
     platform = platform or ("gpu" if torch.device(device).type == "cuda" else "arm")
     if platform not in PAPER_BASES:
-        raise ValueError(f"platform must be 'gpu' or 'arm', got {platform!r}")
+        raise UserInputError(f"profile.guideline.platform must be 'gpu', 'arm' or null, got {platform!r}")
     if rounds < 1 or runs < 1:
-        raise ValueError(f"rounds and runs must be at least 1, got rounds={rounds}, runs={runs}")
+        raise UserInputError(f"profile.guideline.rounds and profile.runs must be at least 1, got rounds={rounds}, "
+                             f"runs={runs}")
     base = int(base or max(1, round(PAPER_BASES[platform][guideline] * scale)))
     batch_size = int(batch_size or PAPER_BATCH[platform])
     paper = paper_figures(guideline, base, size, blocks)
@@ -300,7 +306,10 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
 def run_guidelines(guidelines=GUIDELINES, progress: Callable[[str], None] | None = None,
                    **kwargs) -> dict[str, list[GuidelineRow]]:
     """`run_guideline` for each of `guidelines`; keyword arguments go to each (pass `scale` rather than `base`:
-    each table has its own paper setting)."""
+    each table has its own paper setting). Every name is checked before the first table is measured."""
+    unknown = [g for g in guidelines if g not in GUIDELINES]
+    if unknown:
+        raise unknown_guideline(unknown[0])
     tables = {}
     for guideline in guidelines:
         if progress:
