@@ -1,20 +1,6 @@
-"""Evaluate a checkpoint on the test split: `python eval.py ckpt_path=PATH [data.key=value ...]`."""
+"""Evaluate a checkpoint on the test split: `python eval.py ckpt_path=PATH [data.key=value ...]` (= `lnrepro-eval`)."""
 
-import os
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
-
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
-
-from lnrepro.tasks import evaluate, run_task  # noqa: E402
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    run_task(evaluate, cfg)
-
+from lnrepro.cli import evaluate
 
 if __name__ == "__main__":
-    main()
+    evaluate()

@@ -175,7 +175,7 @@ def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float]
 
 def new_profile(args) -> EfficiencyProfile:
     # The end-of-fit latency/memory measurement runs after training: it cannot slow it, so it is off here.
-    return EfficiencyProfile(image_size=args.resolution, warmup_steps=args.warmup, measure_at_end=False)
+    return EfficiencyProfile(image_size=args.resolution, warmup_steps=args.warmup, profile={"end_of_fit": False})
 
 
 def fit(args, data: TensorDataset, callbacks: list[pl.Callback], epochs: int) -> float:

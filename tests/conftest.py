@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "lnrepro" / "conf"
 SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
 
 # Tiny synthetic 32x32 data, unless a test picks other data.
@@ -27,7 +27,7 @@ FAST = [
     "trainer.enable_model_summary=false",
     "print_config=false",
     # the end-of-fit latency/throughput/memory measurement has its own tests
-    "++callbacks.efficiency_profile.measure_at_end=false",
+    "profile.end_of_fit=false",
 ]
 NO_PROGRESS_BAR = ["~callbacks.rich_progress_bar"]
 

@@ -1,6 +1,6 @@
 """ShuffleNet V2's guideline benchmarks (lnrepro/profiling/guidelines.py): each table holds FLOPs equal across its
 rows (the paper's design), memory access cost ordered as the guideline predicts, timings are positive, and the
-`shufflenetv2_guidelines` preset runs through profile.py's task at a tiny size."""
+`shufflenetv2_guidelines` preset runs through lnrepro-profile's task at a tiny size."""
 
 from __future__ import annotations
 

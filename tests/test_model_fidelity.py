@@ -1,10 +1,10 @@
 """The model zoo against published figures and against its torchvision/timm twins.
 
-- every row of tests/data/imagenet_published.csv: parameters (exact where the row's figure comes from torchvision,
+- every row of lnrepro/reference/imagenet_published.csv: parameters (exact where the row's figure comes from torchvision,
   timm or the official code, else within 1%) and multiply-adds within 2% at the row's resolution, 1000 classes;
-- every row of tests/data/cifar10_seed_table.csv (seed 003's CIFAR-10 table): Conv2d parameters within 1% and
+- every row of lnrepro/reference/cifar10_seed_table.csv (seed 003's CIFAR-10 table): Conv2d parameters within 1% and
   conv FLOPs (2 x multiply-adds) within 2% at 32x32, 10 classes;
-- the MobileNet V2 / ShuffleNet V2 rows of tests/data/cifar10_published.csv (stem cifar): params within 1%,
+- the MobileNet V2 / ShuffleNet V2 rows of lnrepro/reference/cifar10_published.csv (stem cifar): params within 1%,
   multiply-adds within 2%;
 - a state_dict saved from each torchvision/timm network that has a twin here, loaded through
   `build_model(..., pretrained=path)`, gives the same outputs in eval mode.
@@ -27,8 +27,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lnrepro.models import build_model
+from lnrepro.reporting.reference import shipped_table
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(shipped_table("seed")).parent  # the published tables ship in the package
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,10 +12,11 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lnrepro.reporting.reference import shipped_table
 from tests.conftest import CONF, ROOT
 
 PRESETS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
-SEED_TABLE = ROOT / "tests" / "data" / "cifar10_seed_table.csv"
+SEED_TABLE = shipped_table("seed")
 
 
 def preset_file(name: str):

@@ -1,4 +1,4 @@
-"""Efficiency measurements: counts against hand-computed values, timings and memory for sanity, profile.py and
+"""Efficiency measurements: counts against hand-computed values, timings and memory for sanity, lnrepro-profile and
 the EfficiencyProfile callback end to end on tiny inputs."""
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
     real = train_task.instantiate_callbacks
     monkeypatch.setattr(train_task, "instantiate_callbacks", lambda group: made.extend(real(group)) or made)
     cfg = make_train_cfg("model=shufflenet_v2", "model.width=0.25", "data.image_size=16", "trainer.max_epochs=2",
-                         "test=false", "callbacks.efficiency_profile.measure_at_end=true",
-                         "callbacks.efficiency_profile.warmup_steps=2", "callbacks.efficiency_profile.latency_runs=3",
+                         "test=false", "profile.end_of_fit=true", "profile.batch_size=16",
+                         "callbacks.efficiency_profile.warmup_steps=2", "profile.runs=3",
                          "logger=csv")
     train_task.train(cfg)
     profile = next(c for c in made if type(c).__name__ == "EfficiencyProfile")
@@ -176,7 +176,7 @@ def test_callback_times_no_epoch_whose_start_a_mid_epoch_resume_skipped(tmp_path
     # 10 steps per epoch: a checkpoint at step 15 is in the middle of epoch 1.
     fit(2, [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=15, save_top_k=-1)])
     (mid_epoch,) = (tmp_path / "ckpt").glob("*step=15*.ckpt")
-    profile = EfficiencyProfile(image_size=8, warmup_steps=1, measure_at_end=False)
+    profile = EfficiencyProfile(image_size=8, warmup_steps=1, profile={"end_of_fit": False})
     start = time.perf_counter()
     fit(3, [profile], ckpt_path=mid_epoch)  # the rest of epoch 1, then epoch 2
     assert len(profile._epoch_seconds) == 1  # epoch 2 only: epoch 1's start was never seen
@@ -229,10 +229,8 @@ def test_wandb_offline_run_holds_the_profile(make_train_cfg):
     from lnrepro.utils.wandb_offline import read_offline_run
 
     cfg = make_train_cfg("logger=wandb", "model=shufflenet_v2", "model.width=0.25", "data.image_size=16",
-                         "callbacks.efficiency_profile.measure_at_end=true",
-                         "callbacks.efficiency_profile.warmup_steps=1", "callbacks.efficiency_profile.latency_runs=3",
-                         "callbacks.efficiency_profile.latency_warmup=1",
-                         "callbacks.efficiency_profile.throughput_runs=1")
+                         "profile.end_of_fit=true", "callbacks.efficiency_profile.warmup_steps=1",
+                         "profile.runs=3", "profile.warmup=1", "profile.throughput_runs=1")
     metrics = train(cfg)
     (run_dir,) = (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")
     run = read_offline_run(run_dir)

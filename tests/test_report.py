@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from lnrepro.reporting import ReportError, format_value, load_reference, make_report, pareto_front, parse_amount
+from lnrepro.reporting.reference import shipped_table
 from tests.conftest import ROOT
 
-SEED_TABLE = ROOT / "tests" / "data" / "cifar10_seed_table.csv"
-IMAGENET = ROOT / "tests" / "data" / "imagenet_published.csv"
+SEED_TABLE = shipped_table("seed")
+IMAGENET = shipped_table("imagenet")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAIN_COLUMNS = ["model", "stem", "params", "flops", "train_s_per_epoch", "val_s", "infer_ms_per_image", "memory_mb",
                 "top1"]

@@ -3,6 +3,7 @@ throughput and peak memory, sent to every logger and kept in `self.metrics` for 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -13,11 +14,11 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
-from lnrepro.profiling import (count_macs, inference_peak_memory, inference_throughput, latency,
-                               measurement_context, static_metrics, synchronize, training_peak_memory)
+from lnrepro import schema
+from lnrepro.profiling import ProfileSettings, count_macs, measured_metrics, static_metrics, synchronize
 from lnrepro.profiling.context import input_shape, shape_text
+from lnrepro.profiling.measure import LAYER_COLUMNS, layer_rows
 from lnrepro.profiling.memory import MB
-from lnrepro.profiling.report import LAYER_COLUMNS, layer_rows
 
 log = logging.getLogger(__name__)
 
@@ -36,36 +37,30 @@ class EfficiencyProfile(pl.Callback):
       `warmup_steps` steps of epoch 0 (allocator growth, kernel selection) are left out of images/s, and
       `train/epoch_s` is the median over epochs, leaving out epoch 0 when there are others. Under DDP, images/s
       is rank 0's rate times the world size.
-    - At the end of training (`measure_at_end`): latency at batch 1 (median and p90 of `latency_runs`),
-      inference throughput at `throughput_batch` (None: the training batch size), and peak memory: on a GPU,
-      `torch.cuda.max_memory_allocated` over the whole fit (`memory/peak_mb`); on the CPU, one measured
-      training step on a copy of the network (see `lnrepro.profiling.memory`). Inference runs on the trained
-      network itself (no copy), in eval mode under no_grad; train mode is restored.
+    - At the end of training (`profile.end_of_fit`): what the `profile` config group asks for, measured by
+      `lnrepro.profiling.measured_metrics` exactly as `lnrepro-profile` measures it (latency at batch 1, inference
+      throughput at `profile.batch_size`, peak memory), on the trained network itself (no copy), in eval mode under
+      no_grad, train mode restored; the fit measured its own training speed. On a GPU `memory/peak_mb` is
+      `torch.cuda.max_memory_allocated` over the whole fit; on the CPU, one measured training step.
 
-    Final values are in `self.metrics` (stable keys, see README) and go to every logger's `log_metrics` (numbers
+    Final values are in `self.metrics` (keys: `lnrepro.schema`) and go to every logger's `log_metrics` (numbers
     only) and, for W&B, to the run summary (with the context strings). A W&B run also gets, at fit start, a
-    Table `profile/layers` of the per-layer breakdown (`lnrepro.profiling.report.LAYER_COLUMNS`: layer, type,
+    Table `profile/layers` of the per-layer breakdown (`lnrepro.profiling.measure.LAYER_COLUMNS`: layer, type,
     multiply-adds, FLOPs, parameters, output shape, memory access bytes), from the same count as the totals.
     """
 
     TABLE_KEY = "profile/layers"
 
     def __init__(self, image_size: int | list[int] | None = None, warmup_steps: int = 10,
-                 measure_at_end: bool = True, latency_runs: int = 20, latency_warmup: int = 3,
-                 throughput_batch: int | None = None, throughput_runs: int = 3, memory: bool = True) -> None:
+                 profile: ProfileSettings | dict[str, Any] | None = None) -> None:
+        """`profile`: the `profile` config group (what the end of fit measures), as settings or a dict."""
         self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
         self.warmup_steps = warmup_steps
-        self.measure_at_end = measure_at_end
-        self.latency_runs = latency_runs
-        self.latency_warmup = latency_warmup
-        self.throughput_batch = throughput_batch
-        self.throughput_runs = throughput_runs
-        self.memory = memory
+        self.settings = profile if isinstance(profile, ProfileSettings) else ProfileSettings.from_config(profile)
         self.metrics: dict[str, float | int | str] = {}
         self._reset_timers()
 
     def _reset_timers(self) -> None:
-        self._train_batch_size: int | None = None
         self._input_shape: tuple[int, ...] | None = None
         self._epoch_start: float | None = None  # None: this epoch's start was not seen
         self._val_start = 0.0
@@ -120,7 +115,7 @@ class EfficiencyProfile(pl.Callback):
             for logger in wandb_loggers:
                 logger.log_table(self.TABLE_KEY, columns=LAYER_COLUMNS, data=rows, step=trainer.global_step)
         log.info("%s: %.3fM params, %.1fM multiply-adds (%.1fM FLOPs) per %s image", type(self.network(pl_module))
-                 .__name__, counts["params"] / 1e6, counts["macs"] / 1e6, counts["flops"] / 1e6,
+                 .__name__, counts[schema.PARAMS] / 1e6, counts[schema.MACS] / 1e6, counts[schema.FLOPS] / 1e6,
                  shape_text(self._input_shape))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -137,7 +132,6 @@ class EfficiencyProfile(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         batch_size = len(batch[0])
-        self._train_batch_size = self._train_batch_size or batch_size
         if self._count_from is None:
             if batch_idx + 1 >= self.warmup_steps:  # the last warm-up step is done: start counting (one sync)
                 synchronize(pl_module.device)
@@ -174,31 +168,24 @@ class EfficiencyProfile(pl.Callback):
     def _update_speed(self, trainer: pl.Trainer) -> dict[str, float]:
         """Recompute the speed figures into `self.metrics`; returns them."""
         epochs = self._epoch_seconds[1:] or self._epoch_seconds
-        speed = {"train/epoch_s": statistics.median(epochs)}
+        speed = {schema.TRAIN_EPOCH_S: statistics.median(epochs)}
         if self._val_seconds:
-            speed["val/epoch_s"] = statistics.median(self._val_seconds)
+            speed[schema.VAL_EPOCH_S] = statistics.median(self._val_seconds)
         if self._images and self._counted_seconds > 0:
-            speed["train/imgs_per_s"] = self._images / self._counted_seconds * trainer.world_size
+            speed[schema.TRAIN_IMGS_PER_S] = self._images / self._counted_seconds * trainer.world_size
         self.metrics.update(speed)
         return speed
 
     # ---------------------------------------------------------------------------------------------------------
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = self.network(pl_module)
-        batch_size = self.throughput_batch or self._train_batch_size or 1
         shape = self._input_shape or (3, 32, 32)
-        if pl_module.device.type == "cuda" and self.memory:  # the fit's own peak, before anything else runs
-            self.metrics["memory/peak_mb"] = torch.cuda.max_memory_allocated(pl_module.device) / MB
-        if self.measure_at_end and trainer.is_global_zero:
-            one = latency(net, shape, runs=self.latency_runs, warmup=self.latency_warmup)
-            self.metrics["latency_ms"], self.metrics["latency_p90_ms"] = one.median_ms, one.p90_ms
-            self.metrics["infer/imgs_per_s"] = inference_throughput(
-                net, batch_size, shape, runs=self.throughput_runs, warmup=1).images_per_s
-            if self.memory:
-                self.metrics["memory/infer_peak_mb"] = inference_peak_memory(net, batch_size, shape).peak_mb
-                if pl_module.device.type != "cuda":
-                    train_batch = self._train_batch_size or batch_size
-                    self.metrics["memory/peak_mb"] = training_peak_memory(net, train_batch, shape).peak_mb
-        self.metrics.update(measurement_context(net, batch_size, shape))
-        self.metrics["batch_size"] = self._train_batch_size or batch_size
+        on_gpu = pl_module.device.type == "cuda"
+        fit_peak = torch.cuda.max_memory_allocated(pl_module.device) / MB if on_gpu else None  # before anything runs
+        if self.settings.end_of_fit and trainer.is_global_zero:
+            # On a GPU the fit's own peak is the training figure: no extra training step is measured.
+            settings = dataclasses.replace(self.settings, train=self.settings.train and not on_gpu)
+            self.metrics.update(measured_metrics(net, shape, settings, training_speed=False))
+        if fit_peak is not None and self.settings.memory:
+            self.metrics[schema.MEMORY_PEAK_MB] = fit_peak
         self.publish(trainer, self.metrics)

@@ -75,6 +75,15 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_options(name: str) -> list[str]:
+    """The keyword arguments `build_model(name, ...)` accepts: the common ones this family takes and its own."""
+    entry = _REGISTRY[name]
+    common = ["width", "num_classes", "stem", "dropout", "pretrained"]
+    common += ["conv"] if entry.default_conv is not None else []
+    common += ["groups"] if entry.default_groups is not None else []
+    return common + entry.family_options
+
+
 def _choices(values) -> str:
     return ", ".join(str(v) for v in values)
 

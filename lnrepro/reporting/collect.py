@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lnrepro import schema
 from lnrepro.errors import UserInputError
+from lnrepro.schema import read_metrics
 
 
 class ReportError(UserInputError):
@@ -32,7 +33,7 @@ def find_metrics_files(paths: list[str | Path]) -> list[Path]:
         if path.is_file():
             found.append(path)
         else:
-            found.extend(sorted(path.rglob("metrics.json"), key=_natural_key))
+            found.extend(sorted(path.rglob(schema.FILENAME), key=_natural_key))
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
         where = ", ".join(str(p) for p in paths) or "(no directory given)"
@@ -54,7 +55,7 @@ def _number(value: Any) -> float | None:
 
 def input_resolution(metrics: dict[str, Any]) -> int | None:
     """The input side in pixels: `input_size` as 224, [3, 224, 224], "224x224" or "1x3x224x224"; else by data."""
-    size = metrics.get("input_size")
+    size = metrics.get(schema.INPUT_SIZE)
     if isinstance(size, (list, tuple)) and size:
         size = size[-1]
     if isinstance(size, str):
@@ -63,7 +64,7 @@ def input_resolution(metrics: dict[str, Any]) -> int | None:
     number = _number(size)
     if number:
         return int(number)
-    return {"imagenet": 224, "cifar10": 32}.get(str(metrics.get("data")))
+    return {"imagenet": 224, "cifar10": 32}.get(str(metrics.get(schema.DATA)))
 
 
 @dataclass
@@ -77,25 +78,25 @@ class Run:
 
     @property
     def model(self) -> str:
-        return str(self.metrics.get("model") or "?")
+        return str(self.metrics.get(schema.MODEL) or "?")
 
     @property
     def conv(self) -> str | None:
-        return self.metrics.get("conv") or None
+        return self.metrics.get(schema.CONV) or None
 
     @property
     def groups(self) -> int | None:
-        value = _number(self.metrics.get("groups"))
+        value = _number(self.metrics.get(schema.GROUPS))
         return int(value) if value is not None else None
 
     @property
     def width(self) -> float:
-        value = _number(self.metrics.get("width"))
+        value = _number(self.metrics.get(schema.WIDTH))
         return 1.0 if value is None else value
 
     @property
     def stem(self) -> str | None:
-        return self.metrics.get("stem") or None
+        return self.metrics.get(schema.STEM) or None
 
     @property
     def name(self) -> str:
@@ -110,26 +111,26 @@ class Run:
         return name
 
 
-def load_run(path: Path, conv_only: bool = False) -> Run:
-    """`conv_only`: params and FLOPs of Conv2d layers only (as the seed table counts them)."""
-    metrics = json.loads(path.read_text())
-    if not isinstance(metrics, dict):
-        raise ValueError("not a JSON object")
+def read_run(path: Path, conv_only: bool = False) -> Run:
+    """One metrics.json (any schema version) as a report row's figures. `conv_only`: params and FLOPs of Conv2d
+    layers only (as the seed table counts them)."""
+    metrics = read_metrics(path)
     get = lambda key: _number(metrics.get(key))  # noqa: E731
-    top1, source = get("test/acc"), "test"
+    top1, source = get(schema.TEST_ACC), "test"
     if top1 is None:
-        top1, source = get("val/acc_best"), "val"
-    flops = get("flops_conv" if conv_only else "flops")
-    if flops is None and get("macs" if not conv_only else "macs_conv") is not None:
-        flops = 2 * get("macs" if not conv_only else "macs_conv")
+        top1, source = get(schema.VAL_ACC_BEST), "val"
+    macs = get(schema.MACS_CONV if conv_only else schema.MACS)
+    flops = get(schema.FLOPS_CONV if conv_only else schema.FLOPS)
+    if flops is None and macs is not None:
+        flops = 2 * macs
     run = Run(path=path, metrics=metrics, top1_source=source if top1 is not None else None)
     run.values = {
-        "params": get("params_conv" if conv_only else "params"),
+        "params": get(schema.PARAMS_CONV if conv_only else schema.PARAMS),
         "flops": flops,
-        "train_s_per_epoch": get("train/epoch_s"),
-        "val_s": get("val/epoch_s"),
-        "infer_ms_per_image": get("latency_ms"),
-        "memory_mb": get("memory/peak_mb"),
+        "train_s_per_epoch": get(schema.TRAIN_EPOCH_S),
+        "val_s": get(schema.VAL_EPOCH_S),
+        "infer_ms_per_image": get(schema.LATENCY_MS),
+        "memory_mb": get(schema.MEMORY_PEAK_MB),
         "top1": None if top1 is None else 100.0 * top1,
     }
     return run
@@ -139,7 +140,7 @@ def load_runs(paths: list[str | Path], conv_only: bool = False) -> list[Run]:
     runs = []
     for file in find_metrics_files(paths):
         try:
-            runs.append(load_run(file, conv_only=conv_only))
+            runs.append(read_run(file, conv_only=conv_only))
         except (OSError, ValueError) as error:  # a run killed while writing, or not ours: skip it, say so
             print(f"warning: skipping {file}: {error}", file=sys.stderr)
     if not runs:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lnrepro import schema
 from lnrepro.reporting.collect import ReportError, Run, input_resolution
 
 SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -100,7 +101,7 @@ class Reference:
                     and (resolution is None or resolution == input_resolution(run.metrics)))
         if self.kind == "cifar10_published":
             return (row.get("model") == run.model and same_width()
-                    and str(run.metrics.get("data", "cifar10")) == "cifar10")
+                    and str(run.metrics.get(schema.DATA, "cifar10")) == "cifar10")
         return row.get("model") in (run.name, run.model) and same_width()
 
     def match(self, run: Run) -> int | None:
@@ -111,7 +112,30 @@ class Reference:
         return None
 
 
+#: Published tables shipped in the package (lnrepro/reference/), by the name `--reference` takes:
+#: name -> (file, what it holds and how runs match it).
+SHIPPED_TABLES = {
+    "seed": ("cifar10_seed_table.csv", "seed 003's CIFAR-10 Ghost vs DW-PW table (rows <model>_<conv> + stem)"),
+    "imagenet": ("imagenet_published.csv", "published ImageNet figures (family, width, groups, resolution)"),
+    "cifar10": ("cifar10_published.csv", "published CIFAR-10 figures of CIFAR-adapted ports (model, width)"),
+}
+
+
+def shipped_table(name: str) -> Path:
+    """The path of a shipped published table, by its `SHIPPED_TABLES` name or its file name."""
+    from importlib.resources import files
+
+    file = SHIPPED_TABLES[name][0] if name in SHIPPED_TABLES else name
+    path = Path(str(files("lnrepro.reference").joinpath(file)))
+    if not path.is_file():
+        raise ReportError(f"no published table named {name!r}: use one of {', '.join(SHIPPED_TABLES)} or a CSV path")
+    return path
+
+
 def load_reference(path: str | Path) -> Reference:
+    """A published table: a `SHIPPED_TABLES` name (`seed`, `imagenet`, `cifar10`) or the path of a CSV."""
+    if str(path) in SHIPPED_TABLES:
+        path = shipped_table(str(path))
     path = Path(path).expanduser()
     try:
         with open(path, newline="") as file:

@@ -9,14 +9,17 @@ multiply-adds), `train/epoch_s`, `val/epoch_s`, `latency_ms` (batch-1 median), `
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lnrepro import schema
 from lnrepro.reporting.collect import Run, load_runs
 from lnrepro.reporting.plots import scatter_plot
 from lnrepro.reporting.reference import Reference, load_reference
+from lnrepro.utils.files import atomic_write_text
 from lnrepro.utils.tables import markdown_table
 
 # (csv column, Markdown header) in the seed table's order
@@ -34,29 +37,29 @@ COLUMNS = [
 FIGURES = [name for name, _ in COLUMNS[2:]]
 # after the main columns in report.csv: how and where each figure was measured
 # (csv column, metrics.json key)
-EXTRA = [(key, key) for key in ("latency_p90_ms", "infer/imgs_per_s", "train/imgs_per_s",
-                                 "memory/infer_peak_mb")] + [
-    ("params_total", "params"), ("params_conv", "params_conv"), ("macs", "macs"), ("flops_total", "flops"),
-    ("flops_conv", "flops_conv")] + [(key, key) for key in (
-        "mac_bytes", "width", "conv", "groups", "data", "epochs", "device", "dtype", "threads", "batch_size",
-        "input_size", "torch_version")]
+EXTRA = [(key, key) for key in (schema.LATENCY_P90_MS, schema.INFER_IMGS_PER_S, schema.TRAIN_IMGS_PER_S,
+                                 schema.MEMORY_INFER_PEAK_MB)] + [
+    ("params_total", schema.PARAMS), ("params_conv", schema.PARAMS_CONV), ("macs", schema.MACS),
+    ("flops_total", schema.FLOPS), ("flops_conv", schema.FLOPS_CONV)] + [(key, key) for key in (
+        schema.MAC_BYTES, schema.WIDTH, schema.CONV, schema.GROUPS, schema.DATA, schema.EPOCHS, *schema.CONTEXT_KEYS,
+        schema.SCHEMA)]
 PLOTS = {
     "top1_vs_flops": ("flops", "top1"),
     "top1_vs_latency": ("infer_ms_per_image", "top1"),
     "flops_vs_latency": ("flops", "infer_ms_per_image"),
 }
 MISSING = "-"
-# The speed table under the main one, where runs carry speed figures (training runs at the end of fit, profile.py
+# The speed table under the main one, where runs carry speed figures (training runs at the end of fit, lnrepro-profile
 # runs always): (Markdown header, metrics.json key(s), format).
 SPEED_COLUMNS = [
-    ("latency ms (p90)", ("latency_ms", "latency_p90_ms"), "latency"),
-    ("infer img/s", ("infer/imgs_per_s",), "rate"),
-    ("train img/s", ("train/imgs_per_s",), "rate"),
-    ("infer memory", ("memory/infer_peak_mb",), "memory"),
-    ("train memory", ("memory/peak_mb",), "memory"),
-    ("batch", ("batch_size",), "plain"),
-    ("input", ("input_size",), "plain"),
-    ("threads", ("threads",), "plain"),
+    ("latency ms (p90)", (schema.LATENCY_MS, schema.LATENCY_P90_MS), "latency"),
+    ("infer img/s", (schema.INFER_IMGS_PER_S,), "rate"),
+    ("train img/s", (schema.TRAIN_IMGS_PER_S,), "rate"),
+    ("infer memory", (schema.MEMORY_INFER_PEAK_MB,), "memory"),
+    ("train memory", (schema.MEMORY_PEAK_MB,), "memory"),
+    ("batch", (schema.BATCH_SIZE,), "plain"),
+    ("input", (schema.INPUT_SIZE,), "plain"),
+    ("threads", (schema.THREADS,), "plain"),
 ]
 
 
@@ -185,7 +188,7 @@ def render_markdown(report: Report, sources: list[str]) -> str:
                      f"matched by {report.reference.how}.")
     lines.append("FLOPs = 2 x multiply-adds. ms/image: batch-1 median latency. memory: peak memory of the run. "
                  "top-1: test split (`†`: validation, the run has no test).")
-    devices = sorted({str(r.run.metrics.get("device")) for r in report.rows if r.run.metrics.get("device")})
+    devices = sorted({str(r.run.metrics.get(schema.DEVICE)) for r in report.rows if r.run.metrics.get(schema.DEVICE)})
     if devices:
         lines.append(f"Measured on: {', '.join(devices)}.")
     lines.append("")
@@ -218,11 +221,11 @@ def write_csv(report: Report, path: Path) -> Path:
     root = _common_root([row.run for row in report.rows])
     records = [row.csv_record(with_reference, root) for row in report.rows]
     fieldnames = list(records[0]) if records else [name for name, _ in COLUMNS]
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(records)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(records)
+    return atomic_write_text(path, text.getvalue())
 
 
 def make_plots(report: Report) -> None:
@@ -279,16 +282,8 @@ def make_report(
     report.files["csv"] = write_csv(report, out / "report.csv")
     report.markdown = render_markdown(report, [str(p) for p in paths])
     report.files["markdown"] = out / "report.md"
-    report.files["markdown"].write_text(report.markdown)
+    atomic_write_text(report.files["markdown"], report.markdown)
     return report
-
-
-def wandb_group_of(path: str | Path) -> str | None:
-    """`<task>/<sweep time>` for logs/<task>/multiruns/<time>: the group train.py gives that multirun's runs."""
-    path = Path(path).resolve()
-    if path.parent.name == "multiruns":
-        return f"{path.parent.parent.name}/{path.name}"
-    return None
 
 
 def log_to_wandb(report: Report, project: str = "lnrepro", group: str | None = None) -> str:

@@ -1,18 +1,15 @@
-"""What every task shares: one-line errors, Hydra run facts, metrics.json."""
+"""What every task shares: one-line errors and Hydra run facts (metrics.json: `lnrepro.schema`)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from omegaconf import DictConfig
 
 from lnrepro.errors import USER_FACING_ERRORS
+from lnrepro.schema import multirun_group
 
 log = logging.getLogger("lnrepro")
 
@@ -28,14 +25,13 @@ def hydra_config():
 
 
 def hydra_multirun_name() -> str | None:
-    """`<task>/<sweep dir>` inside a Hydra multirun, else None."""
+    """`<task>/<sweep dir>` inside a Hydra multirun (its W&B group), else None."""
     from hydra.types import RunMode
 
     hydra_cfg = hydra_config()
     if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    sweep_dir = Path(hydra_cfg.sweep.dir)
-    return f"{sweep_dir.parent.parent.name}/{sweep_dir.name}"
+    return multirun_group(hydra_cfg.sweep.dir)
 
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -52,21 +48,3 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-
-
-def to_number(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
-    """One flat JSON object; keys sorted so that runs diff cleanly."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flat = {key: to_number(value) for key, value in metrics.items()}
-    path.write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
-    log.info("metrics written to %s", path)
-    return path

@@ -1,17 +1,18 @@
-"""The evaluation task: rebuild a run from its checkpoint and test it."""
+"""The evaluation task: rebuild a run from its checkpoint (`lnrepro.load_run`) and test it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from lnrepro.errors import UserInputError
-from lnrepro.tasks.common import hydra_config, log, write_metrics
-from lnrepro.tasks.train import build_module, run_facts
-from lnrepro.utils.checkpoint import check_matches, load_checkpoint
+from lnrepro import schema
+from lnrepro.runs import load_run
+from lnrepro.schema import write_metrics
+from lnrepro.tasks.common import hydra_config, log
+from lnrepro.tasks.train import run_facts
+from lnrepro.training import ClassificationModule
 from lnrepro.utils.instantiate import close_loggers, instantiate, instantiate_loggers
 from lnrepro.utils.tables import print_table
 
@@ -19,25 +20,16 @@ from lnrepro.utils.tables import print_table
 OVERRIDABLE = ("data", "model")
 
 
-def command_line_keys() -> list[str]:
+def command_line_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """{key: value} of the data/model keys given on eval's command line, as composed into `cfg`."""
     hydra_cfg = hydra_config()
-    overrides = hydra_cfg.overrides.task if hydra_cfg is not None else []
-    return [override.split("=", 1)[0].lstrip("+~") for override in overrides]
-
-
-def stored_run_config(checkpoint: dict[str, Any], cfg: DictConfig, path: str) -> DictConfig:
-    stored = checkpoint.get("hyper_parameters") or {}
-    if "model" not in stored or "data" not in stored:
-        raise UserInputError(f"checkpoint {path} holds no lnrepro run config: was it written by train.py?")
-    run_cfg = OmegaConf.create(stored)
-    for key in command_line_keys():
-        if key.split(".")[0] in OVERRIDABLE:
+    keys = [override.split("=", 1)[0].lstrip("+~") for override in (hydra_cfg.overrides.task if hydra_cfg else [])]
+    overrides = {}
+    for key in keys:
+        if key.split(".")[0] in OVERRIDABLE and "." in key:
             value = OmegaConf.select(cfg, key)
-            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-            OmegaConf.update(run_cfg, key, value, merge=False, force_add=True)
-    # The weights come from the checkpoint, not from a pretrained file that may be gone.
-    OmegaConf.update(run_cfg, "model.pretrained", None, force_add=True)
-    return run_cfg
+            overrides[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return overrides
 
 
 def print_metrics(metrics: dict[str, Any], title: str) -> None:
@@ -47,24 +39,23 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    checkpoint = load_checkpoint(cfg.ckpt_path)
-    run_cfg = stored_run_config(checkpoint, cfg, cfg.ckpt_path)
-    module = build_module(run_cfg, for_training=False)
-    check_matches(checkpoint, module, cfg.ckpt_path)
-    del checkpoint
+    net, run_cfg = load_run(cfg.ckpt_path, overrides=command_line_overrides(cfg),
+                            trusted=bool(cfg.get("trust_checkpoint")))
+    module = ClassificationModule(net=net, optimizer=None, scheduler=None, num_classes=run_cfg.data.num_classes)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    datamodule: pl.LightningDataModule = instantiate(run_cfg.data)
+    datamodule: pl.LightningDataModule = instantiate(run_cfg.data)  # the package's data config, stored values
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
     try:
-        trainer.test(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+        trainer.test(module, datamodule=datamodule)
     finally:
         close_loggers(loggers)
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
     log.info("evaluated %s on the test split", cfg.ckpt_path)
     print_metrics(metrics, title=f"{run_cfg.model.name} (test split)")
-    metrics.update(run_facts(run_cfg), ckpt_path=str(cfg.ckpt_path))
+    metrics.update(run_facts(run_cfg))
+    metrics.update({schema.TASK: "eval", schema.CKPT_PATH: str(cfg.ckpt_path)})
     if trainer.is_global_zero:
-        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+        write_metrics(cfg.paths.output_dir, metrics)
     return metrics

@@ -8,10 +8,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from lnrepro.profiling import MacCount, count_macs, profile_model
+from lnrepro import schema
+from lnrepro.profiling import MacCount, ProfileSettings, count_macs, profile_model
 from lnrepro.profiling.context import shape_text
-from lnrepro.tasks.common import log, write_metrics
+from lnrepro.schema import write_metrics
+from lnrepro.tasks.common import log
 from lnrepro.tasks.train import run_facts
+from lnrepro.utils.files import atomic_write_text
 from lnrepro.utils.instantiate import instantiate
 from lnrepro.utils.tables import markdown_table, print_table
 
@@ -20,20 +23,20 @@ COLUMNS = [
     ("model", "model", "{}"),
     ("width", "width", "{}"),
     ("input", "input_size", "{}"),
-    ("params", "params", "{:,}"),
-    ("conv params", "params_conv", "{:,}"),
-    ("MACs (M)", "macs", "{:.1f}", 1e-6),
-    ("FLOPs (M)", "flops", "{:.1f}", 1e-6),
-    ("MAC (MB)", "mac_bytes", "{:.1f}", 2**-20),
-    ("latency ms", "latency_ms", "{:.2f}"),
-    ("p90 ms", "latency_p90_ms", "{:.2f}"),
-    ("ONNX ms", "onnx/latency_ms", "{:.2f}"),
-    ("infer img/s", "infer/imgs_per_s", "{:.1f}"),
-    ("train img/s", "train/imgs_per_s", "{:.1f}"),
-    ("peak MB", "memory/peak_mb", "{:.1f}"),
+    ("params", schema.PARAMS, "{:,}"),
+    ("conv params", schema.PARAMS_CONV, "{:,}"),
+    ("MACs (M)", schema.MACS, "{:.1f}", 1e-6),
+    ("FLOPs (M)", schema.FLOPS, "{:.1f}", 1e-6),
+    ("MAC (MB)", schema.MAC_BYTES, "{:.1f}", 2**-20),
+    ("latency ms", schema.LATENCY_MS, "{:.2f}"),
+    ("p90 ms", schema.LATENCY_P90_MS, "{:.2f}"),
+    ("ONNX ms", schema.ONNX_LATENCY_MS, "{:.2f}"),
+    ("infer img/s", schema.INFER_IMGS_PER_S, "{:.1f}"),
+    ("train img/s", schema.TRAIN_IMGS_PER_S, "{:.1f}"),
+    ("peak MB", schema.MEMORY_PEAK_MB, "{:.1f}"),
 ]
 # Printed under the table: what the timings depend on.
-CONTEXT = ("device", "dtype", "threads", "batch_size", "torch_version")
+CONTEXT = (schema.DEVICE, schema.DTYPE, schema.THREADS, schema.BATCH_SIZE, schema.TORCH_VERSION)
 
 
 def format_row(metrics: dict[str, Any]) -> list[str]:
@@ -62,33 +65,31 @@ def print_layers(macs: MacCount) -> None:
 
 
 def profile(cfg: DictConfig) -> dict[str, Any]:
-    """Measure `cfg.model` on `cfg.data`'s input (see conf/profile.yaml); write metrics.json; return the row.
-    With `profile.guidelines` set, run ShuffleNet V2's guideline micro-benchmarks instead (`profile_guidelines`)."""
-    settings = cfg.profile
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings.threads))
+    """Measure `cfg.model` on `cfg.data`'s input as the `profile` config group says; write metrics.json; return
+    the row. With `profile.guidelines` set, run ShuffleNet V2's guideline micro-benchmarks instead."""
+    settings = ProfileSettings.from_config(cfg.profile)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     torch.manual_seed(cfg.get("seed") or 0)
-    if settings.get("guidelines"):
-        return profile_guidelines(cfg)
+    if settings.guidelines:
+        return profile_guidelines(cfg, settings)
     net = instantiate(cfg.model).to(settings.device)
     input_size = (3, int(cfg.data.image_size), int(cfg.data.image_size))
     log.info("profiling %s on %s, input %s", cfg.model.name, settings.device, input_size)
     macs = count_macs(net, input_size)  # once, for the totals and the per-layer table
-    metrics = profile_model(net, input_size, batch_size=int(settings.batch_size), runs=int(settings.runs),
-                            warmup=int(settings.warmup), train=bool(settings.train), memory=bool(settings.memory),
-                            macs=macs)
-    if settings.get("onnx"):
+    metrics = profile_model(net, input_size, settings, macs=macs)
+    if settings.onnx:
         from lnrepro.profiling.onnx_latency import onnx_latency
 
-        deployed = onnx_latency(net, input_size, runs=int(settings.runs), warmup=int(settings.warmup),
+        deployed = onnx_latency(net, input_size, runs=settings.runs, warmup=settings.warmup,
                                 save_to=Path(cfg.paths.output_dir) / "model.onnx")
-        metrics.update({"onnx/latency_ms": deployed.median_ms, "onnx/latency_p90_ms": deployed.p90_ms,
-                        "onnx/max_abs_diff": deployed.max_abs_diff, "onnx/runtime": deployed.runtime_version})
-    metrics.update(run_facts(cfg))
-    if settings.get("layers"):
+        metrics.update({schema.ONNX_LATENCY_MS: deployed.median_ms, schema.ONNX_LATENCY_P90_MS: deployed.p90_ms,
+                        schema.ONNX_MAX_ABS_DIFF: deployed.max_abs_diff, schema.ONNX_RUNTIME: deployed.runtime_version})
+    metrics.update(run_facts(cfg), task="profile")
+    if settings.layers:
         print_layers(macs)
     print_rows([metrics])
-    write_metrics(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    write_metrics(cfg.paths.output_dir, metrics)
     return metrics
 
 
@@ -140,26 +141,25 @@ def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(parts)
 
 
-def profile_guidelines(cfg: DictConfig) -> dict[str, Any]:
+def profile_guidelines(cfg: DictConfig, settings: ProfileSettings) -> dict[str, Any]:
     """ShuffleNet V2's four guideline benchmarks (conf/experiment/shufflenetv2_guidelines.yaml): one table each,
     printed and written to guidelines.md and guidelines.csv in the run directory; returns {guideline: rows}."""
     import csv
 
     from lnrepro.profiling.guidelines import TITLES, run_guidelines
 
-    settings = cfg.profile
     # Options left unset (null) take run_guideline's defaults, the paper's settings.
-    options = {key: value for key, value in (settings.get("guideline") or {}).items() if value is not None}
+    options = {key: value for key, value in settings.guideline.items() if value is not None}
     tables = run_guidelines(
-        list(settings.guidelines), progress=lambda g: log.info("benchmarking %s", TITLES[g]),
-        device=settings.device, runs=int(settings.runs), warmup=int(settings.warmup), **options)
+        settings.guidelines, progress=lambda g: log.info("benchmarking %s", TITLES[g]),
+        device=settings.device, runs=settings.runs, warmup=settings.warmup, **options)
     rows = {guideline: [row.as_dict() for row in table] for guideline, table in tables.items()}
     for guideline, table_rows in rows.items():
         print_table(TITLES[guideline], GUIDELINE_TABLE_COLUMNS, [guideline_cells(row) for row in table_rows],
                     caption=guideline_caption(table_rows))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "guidelines.md").write_text(guidelines_markdown(rows))
+    atomic_write_text(output_dir / "guidelines.md", guidelines_markdown(rows))
     flat = [row for table_rows in rows.values() for row in table_rows]
     with open(output_dir / "guidelines.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(flat[0]))

@@ -8,7 +8,9 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from lnrepro.tasks.common import hydra_multirun_name, log, write_metrics
+from lnrepro import schema
+from lnrepro.schema import write_metrics
+from lnrepro.tasks.common import hydra_multirun_name, log
 from lnrepro.training import ClassificationModule
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
 from lnrepro.utils.instantiate import close_loggers, instantiate, instantiate_callbacks, instantiate_loggers
@@ -30,13 +32,13 @@ def build_module(cfg: DictConfig, for_training: bool = True) -> ClassificationMo
 def run_facts(cfg: DictConfig) -> dict[str, Any]:
     """What a report needs to name the run, next to its numbers."""
     return {
-        "model": cfg.model.get("name"),
-        "width": cfg.model.get("width"),
-        "conv": cfg.model.get("conv"),
-        "groups": cfg.model.get("groups"),
-        "stem": cfg.model.get("stem"),
-        "data": cfg.data.get("name"),
-        "seed": cfg.get("seed"),
+        schema.MODEL: cfg.model.get("name"),
+        schema.WIDTH: cfg.model.get("width"),
+        schema.CONV: cfg.model.get("conv"),
+        schema.GROUPS: cfg.model.get("groups"),
+        schema.STEM: cfg.model.get("stem"),
+        schema.DATA: cfg.data.get("name"),
+        schema.SEED: cfg.get("seed"),
     }
 
 
@@ -53,13 +55,15 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: ClassificationMod
             log.warning("no best checkpoint was saved: testing the current weights")
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update(trainer.callback_metrics)
-        metrics["test/ckpt_path"] = best or None
+        metrics[schema.TEST_CKPT_PATH] = best or None
 
     # Callbacks that measure the run (EfficiencyProfile) leave their final figures in a `metrics` dict.
     for callback in trainer.callbacks:
         if isinstance(getattr(callback, "metrics", None), dict):
             metrics.update(callback.metrics)
-    metrics.update(run_facts(cfg), epochs=trainer.current_epoch, global_step=trainer.global_step)
+    metrics.update(run_facts(cfg))
+    metrics.update({schema.TASK: "train", schema.EPOCHS: trainer.current_epoch,
+                    schema.GLOBAL_STEP: trainer.global_step})
     return metrics
 
 
@@ -86,5 +90,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         close_loggers(loggers)
     if trainer.is_global_zero:
-        write_metrics(output_dir / "metrics.json", metrics)
+        write_metrics(output_dir, metrics)
     return metrics

@@ -1,5 +1,5 @@
-"""Tables printed to the terminal (rich) and written as Markdown: one place for both, used by profile.py, eval.py
-and report.py."""
+"""Tables printed to the terminal (rich) and written as Markdown: one place for both, used by lnrepro-profile,
+lnrepro-eval and lnrepro-report."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Published figures shipped with lnrepro (CSV package data); `lnrepro.reporting.reference` reads them by name."""

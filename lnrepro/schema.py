@@ -1,0 +1,192 @@
+"""metrics.json: the one schema of what every run writes, and the one place that reads and writes it.
+
+Every key the project writes is declared below with its unit; the EfficiencyProfile callback, the train, eval and
+profile tasks and the reports spell keys through these constants. `write_metrics` stamps `schema_version` and the
+lnrepro version that wrote the file and writes it atomically; `read_metrics` reads any version (files written
+before the schema had a version read as version 0, with the same keys). `docs/METRICS.md` is this table rendered
+(`python -m lnrepro.schema`).
+
+This module needs only the standard library, so that the reports and light tools can import it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lnrepro.utils.files import atomic_write_text
+
+log = logging.getLogger("lnrepro")
+
+#: Version 0: files without `schema_version` (before 2026-11-30). Version 1: this table.
+SCHEMA_VERSION = 1
+FILENAME = "metrics.json"
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str  # a literal key, or a pattern such as `<stage>/loss` for a family of keys
+    unit: str
+    meaning: str
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("^" + re.sub(r"<[a-z_]+>", "[A-Za-z0-9_.-]+", re.escape(self.name).replace(r"\<", "<")
+                                       .replace(r"\>", ">")) + "$")
+
+
+KEYS: dict[str, Key] = {}
+
+
+def _key(name: str, unit: str, meaning: str) -> str:
+    KEYS[name] = Key(name, unit, meaning)
+    return name
+
+
+# --- the file itself ---------------------------------------------------------------------------------------------
+SCHEMA = _key("schema_version", "-", "version of this table the file follows (missing: 0, before versions)")
+LNREPRO_VERSION = _key("lnrepro_version", "-", "version of lnrepro that wrote the file")
+TASK = _key("task", "-", "train | eval | profile")
+
+# --- what was run ------------------------------------------------------------------------------------------------
+MODEL = _key("model", "-", "model family (registry name)")
+WIDTH = _key("width", "-", "width multiplier")
+CONV = _key("conv", "-", "conv kind of families with the switch: standard | dwpw | ghost")
+GROUPS = _key("groups", "-", "ShuffleNet V1 group count")
+STEM = _key("stem", "-", "input stem: cifar | imagenet")
+DATA = _key("data", "-", "data config name")
+SEED = _key("seed", "-", "the run's seed")
+EPOCHS = _key("epochs", "epochs", "epochs trained")
+GLOBAL_STEP = _key("global_step", "steps", "optimizer steps taken")
+CKPT_PATH = _key("ckpt_path", "path", "the checkpoint eval.py evaluated")
+TEST_CKPT_PATH = _key("test/ckpt_path", "path", "the checkpoint train.py tested (the best one)")
+
+# --- accuracy and loss (logged by the LightningModule) ----------------------------------------------------------
+_key("<stage>/loss", "nats", "cross-entropy of the train, val or test split (train: label smoothing/mixup "
+     "included), epoch mean; train/loss_step and train/loss_epoch: Lightning's per-step and per-epoch copies")
+_key("<stage>/loss_<when>", "nats", "see <stage>/loss")
+_key("<stage>/acc", "fraction", "top-1 accuracy (0-1) of the split")
+_key("<stage>/acc5", "fraction", "top-5 accuracy (0-1) of the split")
+TEST_ACC = "test/acc"
+_key("lr-<optimizer>", "-", "learning rate at the end of the run (Lightning's LearningRateMonitor)")
+_key("lr-<optimizer>/<group>", "-", "the same, per parameter group (pg1: decayed weights, pg2: norms and biases)")
+VAL_ACC_BEST = _key("val/acc_best", "fraction", "best val/acc over the epochs so far")
+
+# --- static counts, one image (lnrepro.profiling.counts) -------------------------------------------------------
+PARAMS = _key("params", "count", "parameters")
+PARAMS_TRAINABLE = _key("params_trainable", "count", "parameters with requires_grad")
+PARAMS_CONV = _key("params_conv", "count", "parameters of Conv2d layers only (as seed 003 counts them)")
+MACS = _key("macs", "multiply-adds", "multiply-adds of one image (torch's FlopCounterMode / 2)")
+MACS_CONV = _key("macs_conv", "multiply-adds", "multiply-adds of Conv2d layers only")
+FLOPS = _key("flops", "FLOPs", "2 x macs")
+FLOPS_CONV = _key("flops_conv", "FLOPs", "2 x macs_conv")
+MAC_BYTES = _key("mac_bytes", "bytes", "ShuffleNet V2's memory access cost: conv/linear inputs + outputs + weights")
+
+# --- speed during training (EfficiencyProfile) ------------------------------------------------------------------
+TRAIN_EPOCH_S = _key("train/epoch_s", "s", "median training seconds per epoch (validation excluded; epoch 0 left "
+                     "out when there are others)")
+VAL_EPOCH_S = _key("val/epoch_s", "s", "median seconds of one validation pass")
+TRAIN_IMGS_PER_S = _key("train/imgs_per_s", "images/s", "training throughput: measured over the fit (train.py, "
+                        "after warm-up steps) or on random batches (profile)")
+
+# --- measured on the network (lnrepro.profiling; end of fit and profile) ---------------------------------------
+LATENCY_MS = _key("latency_ms", "ms", "median batch-1 forward latency, eager PyTorch")
+LATENCY_P90_MS = _key("latency_p90_ms", "ms", "90th percentile of the same passes")
+INFER_IMGS_PER_S = _key("infer/imgs_per_s", "images/s", "inference throughput at `batch_size`")
+MEMORY_PEAK_MB = _key("memory/peak_mb", "MiB", "peak memory of training: CUDA max allocated over the fit; on the "
+                      "CPU, one profiled training step at `batch_size`")
+MEMORY_INFER_PEAK_MB = _key("memory/infer_peak_mb", "MiB", "peak memory of one inference batch at `batch_size`")
+ONNX_LATENCY_MS = _key("onnx/latency_ms", "ms", "median batch-1 latency in ONNX Runtime (CPU provider)")
+ONNX_LATENCY_P90_MS = _key("onnx/latency_p90_ms", "ms", "90th percentile of the same passes")
+ONNX_MAX_ABS_DIFF = _key("onnx/max_abs_diff", "logits", "largest |ONNX Runtime - eager| output difference")
+ONNX_RUNTIME = _key("onnx/runtime", "-", "onnxruntime version")
+
+# --- the context every measured figure depends on (lnrepro.profiling.context) ----------------------------------
+DEVICE = _key("device", "-", "cpu, or the GPU's name")
+DTYPE = _key("dtype", "-", "parameter dtype of the measured network")
+THREADS = _key("threads", "count", "torch CPU threads during the measurement")
+BATCH_SIZE = _key("batch_size", "images", "batch of the throughput and memory measurements (the profile's batch)")
+INPUT_SIZE = _key("input_size", "CxHxW", "one input image")
+TORCH_VERSION = _key("torch_version", "-", "torch version")
+
+CONTEXT_KEYS = (DEVICE, DTYPE, THREADS, BATCH_SIZE, INPUT_SIZE, TORCH_VERSION)
+
+
+def declared(name: str) -> bool:
+    """Whether `name` is a key of this table (literally or through a pattern such as `<stage>/acc`)."""
+    return name in KEYS or any("<" in key.name and key.pattern.match(name) for key in KEYS.values())
+
+
+def undeclared(names) -> list[str]:
+    return sorted(name for name in names if not declared(name))
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: tensors and numpy scalars as Python numbers (duck-typed, no torch import), NaN/inf as null."""
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write one flat JSON object (keys sorted, so that runs diff cleanly) with `schema_version` and
+    `lnrepro_version`, atomically. `path`: the file, or the run directory that gets `metrics.json`."""
+    from lnrepro import __version__
+
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / FILENAME
+    flat = {key: _plain(value) for key, value in metrics.items()}
+    flat[SCHEMA] = SCHEMA_VERSION
+    flat[LNREPRO_VERSION] = __version__
+    unknown = undeclared(flat)
+    if unknown:  # kept (a user's own module may log more), but named: the table above is the interface
+        log.warning("metrics.json keys not declared in lnrepro.schema: %s", ", ".join(unknown))
+    atomic_write_text(path, json.dumps(flat, indent=2, sort_keys=True) + "\n")
+    log.info("metrics written to %s", path)
+    return path
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """The metrics of one run (a metrics.json path or its run directory), any schema version; raises ValueError
+    when the file is not a JSON object and OSError when it cannot be read."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    metrics = json.loads(path.read_text())
+    if not isinstance(metrics, dict):
+        raise ValueError("not a JSON object")
+    metrics.setdefault(SCHEMA, 0)
+    return metrics
+
+
+# --- run directories ------------------------------------------------------------------------------------------
+def multirun_group(sweep_dir: str | Path) -> str | None:
+    """`<task>/<sweep time>` for a multirun directory `logs/<task>/multiruns/<time>`, else None: the W&B group of
+    that multirun's runs, and of its report."""
+    sweep_dir = Path(sweep_dir).resolve()
+    if sweep_dir.parent.name != "multiruns":
+        return None
+    return f"{sweep_dir.parent.parent.name}/{sweep_dir.name}"
+
+
+def markdown() -> str:
+    """This table as Markdown (docs/METRICS.md)."""
+    lines = ["| key | unit | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{key.name}` | {key.unit} | {key.meaning} |" for key in KEYS.values()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(f"# metrics.json (schema version {SCHEMA_VERSION})\n\nWritten by `lnrepro.schema`; generated by "
+          f"`python -m lnrepro.schema`.\n")
+    print(markdown(), end="")
