@@ -1,0 +1,139 @@
+"""The installed package: a wheel holds the configs and published tables, its console scripts work from any
+directory and write under that directory's logs/, a user's own config folder joins through hydra.searchpath, and the
+model zoo needs nothing but torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+TINY_TRAINING = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16",
+                 "data.batch_size=16", "model.width=0.25", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+                 "trainer.enable_progress_bar=false", "~callbacks.rich_progress_bar", "print_config=false",
+                 "profile.runs=2", "profile.throughput_runs=1", "profile.warmup=0", "profile.batch_size=4"]
+
+
+def clean_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "LNREPRO_ROOT")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    return env
+
+
+def build_wheel(out: Path) -> Path:
+    """Build from a copy of the sources (an in-tree build would leave build/ and *.egg-info in the checkout)."""
+    source = out / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "lnrepro", source / "lnrepro", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
+                    "--wheel-dir", str(out / "dist"), str(source)], check=True, env=clean_env(), timeout=300)
+    (wheel,) = (out / "dist").glob("lnrepro-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A fresh virtual environment with the wheel installed (--no-deps); the project environment's packages reach
+    it through a .pth file. Returns its bin/ directory."""
+    work = tmp_path_factory.mktemp("wheel")
+    wheel = build_wheel(work)
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                                "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
+    # A plain path line: the project environment's own .pth files (its editable lnrepro) are not processed.
+    (site / "project_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
+                    "--no-deps", "--no-index", str(wheel)], check=True, env=clean_env(), timeout=300)
+    return venv / "bin"
+
+
+def test_wheel_ships_every_config_and_published_table(tmp_path):
+    shipped_yaml = {str(p.relative_to(ROOT)) for p in (ROOT / "lnrepro" / "conf").rglob("*.yaml")}
+    shipped_csv = {str(p.relative_to(ROOT)) for p in (ROOT / "lnrepro" / "reference").glob("*.csv")}
+    with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
+        names = set(wheel.namelist())
+    assert shipped_yaml and shipped_yaml <= names
+    assert {"lnrepro/reference/cifar10_seed_table.csv", "lnrepro/reference/imagenet_published.csv"} <= shipped_csv
+    assert shipped_csv <= names
+    assert "lnrepro/conf/__init__.py" in names
+
+
+def test_console_scripts_from_the_wheel_work_from_any_directory(installed, tmp_path):
+    bin_dir = installed
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import lnrepro; print(lnrepro.__file__)"],
+                           capture_output=True, text=True, check=True, env=clean_env(), cwd=tmp_path).stdout
+    assert where.startswith(str(bin_dir.parent)), f"lnrepro imported from {where}, not the new environment"
+
+    # The user's own model config beside the package's, used as model=mine.
+    (tmp_path / "myconf" / "model").mkdir(parents=True)
+    (tmp_path / "myconf" / "model" / "mine.yaml").write_text(
+        "defaults:\n  - shufflenet_v2\n  - _self_\nwidth: 0.25\ndropout: 0.1\n")
+    trained = subprocess.run([str(bin_dir / "lnrepro-train"), "hydra.searchpath=[file://myconf]", "model=mine",
+                              *TINY_TRAINING], capture_output=True, text=True, env=clean_env(), cwd=tmp_path,
+                             timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (metrics_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["model"] == "shufflenet_v2" and metrics["width"] == 0.25 and metrics["schema_version"] >= 1
+    assert "test/acc" in metrics and metrics["latency_ms"] > 0
+
+    checkpoint = metrics_file.parent / "checkpoints" / "last.ckpt"
+    evaluated = subprocess.run([str(bin_dir / "lnrepro-eval"), f"ckpt_path={checkpoint}",
+                                "trainer.enable_progress_bar=false"], capture_output=True, text=True,
+                               env=clean_env(), cwd=tmp_path, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (eval_file,) = (tmp_path / "logs" / "eval" / "runs").glob("*/metrics.json")
+    assert json.loads(eval_file.read_text())["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+    profiled = subprocess.run([str(bin_dir / "lnrepro-profile"), "model=ghostnet", "model.width=0.25",
+                               "data.image_size=16", "profile.runs=2", "profile.throughput_runs=1",
+                               "profile.warmup=0", "profile.batch_size=2", "profile.train=false",
+                               "profile.memory=false"], capture_output=True, text=True, env=clean_env(),
+                              cwd=tmp_path, timeout=600)
+    assert profiled.returncode == 0, profiled.stderr[-3000:]
+    assert list((tmp_path / "logs" / "profile" / "runs").glob("*/metrics.json"))
+
+    # The published tables ship with the package: a name is enough.
+    reported = subprocess.run([str(bin_dir / "lnrepro-report"), "logs", "--reference", "imagenet", "--no-plots",
+                               "--out", "report"], capture_output=True, text=True, env=clean_env(), cwd=tmp_path,
+                              timeout=300)
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    assert "imagenet_published.csv" in reported.stdout and (tmp_path / "report" / "report.md").is_file()
+
+
+def test_the_model_zoo_needs_only_torch():
+    """As timm.create_model: building a network imports no training framework."""
+    heavy = ["lightning", "hydra", "omegaconf", "torchmetrics", "timm", "wandb", "onnx", "onnxruntime", "matplotlib"]
+    code = ("import sys; from lnrepro.models import build_model, list_models; "
+            "build_model('ghostnet', num_classes=10, stem='cifar'); assert list_models(); "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(),
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_full_pip_install_into_an_empty_environment(tmp_path):
+    """`pip install <wheel>` with its dependencies into an empty environment (minutes, gigabytes)."""
+    wheel = build_wheel(tmp_path)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)], check=True,
+                   env=clean_env(), timeout=1800)
+    result = subprocess.run([str(venv / "bin" / "lnrepro-train"), *TINY_TRAINING], capture_output=True, text=True,
+                            env=clean_env(), cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "logs" / "train" / "runs").glob("*/metrics.json"))
