@@ -11,7 +11,8 @@ import pytest
 
 from lnrepro.profiling import count_macs, memory_access_cost
 from lnrepro.profiling.guidelines import (GUIDELINES, PAPER_BASES, PAPER_FIGURES, elementwise_bytes, g1_channels,
-                                          g2_channels, g3_channels, paper_figures, run_guideline, settings)
+                                          g2_channels, g3_channels, paper_figures, run_guideline, run_guidelines,
+                                          settings)
 from lnrepro.tasks.profile import profile
 
 from tests.conftest import compose_config
@@ -161,3 +162,50 @@ def test_preset_runs_through_the_profile_task(tmp_path, capsys):
         rows = list(csv.DictReader(file))
     assert len(rows) == 17 and all(float(row["images_per_s"]) > 0 for row in rows)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def fake_throughput(net, batch_size, input_shape, runs, warmup):
+    return SimpleNamespace(images_per_s=100.0)
+
+
+def test_run_guidelines_reports_every_timing_of_every_table(monkeypatch):
+    import lnrepro.profiling.guidelines as guidelines
+
+    monkeypatch.setattr(guidelines, "inference_throughput", fake_throughput)
+    calls = []
+    tables = run_guidelines(["g2", "g3"], progress=lambda *call: calls.append(call), base=8, size=4, blocks=1,
+                            rounds=2)
+    total = 2 * (4 + 5)  # rounds x rows of G2 and G3
+    assert calls[0] == ("g2", 0, total) and calls[-1] == ("g3", total, total)
+    assert [done for _, done, _ in calls] == [*range(0, 9), *range(8, total + 1)]  # G3 starts at G2's 8 timings
+    assert {t for _, _, t in calls} == {total}
+    assert [len(tables[g]) for g in ("g2", "g3")] == [4, 5]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_profile_task_shows_a_progress_bar_on_a_terminal_and_logs_tables_elsewhere(tmp_path, monkeypatch, caplog,
+                                                                                   terminal):
+    import io
+    import logging
+
+    import rich
+    from rich.console import Console
+
+    import lnrepro.profiling.guidelines as guidelines
+
+    monkeypatch.setattr(guidelines, "inference_throughput", fake_throughput)
+    screen = io.StringIO()
+    # the console rich.get_console() hands out: a terminal or not, as the parameter says
+    monkeypatch.setattr(rich, "_console", Console(file=screen, force_terminal=terminal, width=120))
+    cfg = compose_config("profile", tmp_path / "run", [
+        "experiment=shufflenetv2_guidelines", "profile.guideline.scale=0.125", "profile.guideline.size=4",
+        "profile.guideline.blocks=1", "profile.guideline.rounds=2"])
+    with caplog.at_level(logging.INFO, logger="lnrepro"):
+        profile(cfg)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("benchmarking")]
+    if terminal:
+        assert "benchmarking G4" in screen.getvalue() and "34/34" in screen.getvalue()  # 17 rows x 2 rounds
+        assert logged == []
+    else:
+        assert screen.getvalue() == ""
+        assert logged == [f"benchmarking {guidelines.TITLES[g]}" for g in GUIDELINES]

@@ -9,10 +9,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch import nn
 
 from lnrepro.errors import TrainingDivergedError, UserInputError
 from lnrepro.models import list_models
 from lnrepro.tasks import evaluate, train
+from lnrepro.training import ClassificationModule
 
 
 def read_metrics(cfg) -> dict:
@@ -158,3 +160,30 @@ def test_checkpoint_of_another_model_is_refused(make_train_cfg, tmp_path):
     with pytest.raises(UserInputError, match="does not match the configured model"):
         train(make_train_cfg("model=shufflenet_v2", "model.width=1.0", f"ckpt_path={ckpt}",
                              output_dir=tmp_path / "b"))
+
+
+def tiny_module(**options) -> ClassificationModule:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    return ClassificationModule(net, optimizer=None, scheduler=None, num_classes=10, **options)
+
+
+def test_model_summary_counts_the_flops_of_an_example_input():
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    module = tiny_module(input_size=[3, 8, 8])
+    assert module.example_input_array.shape == (1, 3, 8, 8)
+    # FLOPs = 2 x multiply-adds: the 3x3 convolution 3 -> 4 on 6x6 outputs, then the linear layer 4 -> 10.
+    assert ModelSummary(module, max_depth=1).total_flops == 2 * (6 * 6 * 4 * 3 * 9 + 4 * 10)
+    assert tiny_module().example_input_array is None  # unset without input_size
+
+
+def test_compiled_module_keeps_plain_state_dict_keys_and_an_uncompiled_net():
+    plain, compiled = tiny_module(), tiny_module(compile=True)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert not any("_orig_mod" in key for key in compiled.state_dict())
+    compiled.load_state_dict(plain.state_dict())
+    assert compiled._compiled_call_impl is not None  # the steps' self(images) runs compiled
+    assert compiled.net._compiled_call_impl is None  # profiling and export get the plain network
+    images = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images), plain(images))

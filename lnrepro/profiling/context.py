@@ -49,10 +49,11 @@ def synchronize(device: torch.device | str) -> None:
     """Wait for the device's queued work: GPU kernels run asynchronously, so a timer read without this
     measures only how fast Python queued them. A no-op on the CPU."""
     device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+    # torch.accelerator covers every backend (CUDA, MPS, XPU, ...) but raises where none is usable, and a CUDA
+    # build reports CUDA as its accelerator even on a machine without a GPU: ask only for the usable one.
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    if accelerator is not None and device.type == accelerator.type:
+        torch.accelerator.synchronize(device)
 
 
 def measurement_context(model: nn.Module, batch_size: int, input_size: InputSize) -> dict[str, Any]:

@@ -81,6 +81,9 @@ def conv1x1(c_in: int, c_out: int, groups: int = 1) -> nn.Conv2d:
 
 
 # --- G1 -----------------------------------------------------------------------------------------------------------
+G1_RATIOS = (1, 2, 6, 12)
+
+
 def g1_channels(ratio: int, base: int) -> tuple[int, int]:
     """(c1, c2) with c2 = ratio x c1 and c1 x c2 ~ base^2: c1 = floor(base / sqrt(ratio)) (the paper's rule:
     128 -> (128,128), (90,180), (52,312), (36,432))."""
@@ -94,6 +97,9 @@ def g1_network(ratio: int, base: int, blocks: int = PAPER_BLOCKS) -> nn.Sequenti
 
 
 # --- G2 -----------------------------------------------------------------------------------------------------------
+G2_GROUPS = (1, 2, 4, 8)
+
+
 def g2_channels(groups: int, base: int) -> int:
     """c = base x sqrt(g) (truncated), then to the nearest multiple of g (128 -> 128, 180, 256, 360)."""
     return max(groups, round(int(base * math.sqrt(groups)) / groups) * groups)
@@ -206,13 +212,13 @@ def settings(guideline: str, base: int, size: int = PAPER_INPUT, blocks: int = P
     """The rows of one guideline's table at channel setting `base` and input side `size`."""
     if guideline == "g1":
         rows = []
-        for ratio in (1, 2, 6, 12):
+        for ratio in G1_RATIOS:
             c1, c2 = g1_channels(ratio, base)
             rows.append(Setting(f"1:{ratio}", f"({c1},{c2})", g1_network(ratio, base, blocks), (c1, size, size)))
         return rows
     if guideline == "g2":
         return [Setting(f"g={g}", f"c={g2_channels(g, base)}", g2_network(g, base, blocks),
-                        (g2_channels(g, base), size, size)) for g in (1, 2, 4, 8)]
+                        (g2_channels(g, base), size, size)) for g in G2_GROUPS]
     if guideline == "g3":
         return [Setting(name, f"c={g3_channels(n, base)}", g3_network(n, parallel, base, blocks),
                         (g3_channels(n, base), size, size)) for name, n, parallel in G3_SETTINGS]
@@ -220,6 +226,14 @@ def settings(guideline: str, base: int, size: int = PAPER_INPUT, blocks: int = P
         return [Setting(name, f"c={base}", g4_network(relu, shortcut, base, blocks), (4 * base, size, size))
                 for name, relu, shortcut in G4_SETTINGS]
     raise unknown_guideline(guideline)
+
+
+def table_rows(guideline: str) -> int:
+    """How many rows `settings` gives the guideline's table, without building its networks."""
+    rows = {"g1": G1_RATIOS, "g2": G2_GROUPS, "g3": G3_SETTINGS, "g4": G4_SETTINGS}
+    if guideline not in rows:
+        raise unknown_guideline(guideline)
+    return len(rows[guideline])
 
 
 def paper_figures(guideline: str, base: int, size: int, blocks: int) -> dict[str, tuple | None]:
@@ -254,17 +268,21 @@ class GuidelineRow:
         return row
 
 
+ROUNDS = 5  # timing rounds per table by default
+
+
 def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, size: int = PAPER_INPUT,
                   blocks: int = PAPER_BLOCKS, batch_size: int | None = None, device: str | torch.device = "cpu",
-                  runs: int = 10, warmup: int = 2, rounds: int = 5, platform: str | None = None
-                  ) -> list[GuidelineRow]:
+                  runs: int = 10, warmup: int = 2, rounds: int = ROUNDS, platform: str | None = None,
+                  timed: Callable[[], None] | None = None) -> list[GuidelineRow]:
     """Build, count and time every row of one guideline's table. `base` defaults to the paper's setting for
     `platform` ("gpu" or "arm"; by default "gpu" on CUDA, "arm" otherwise) times `scale`; `batch_size` to the
     paper's (8 for "gpu", 1 for "arm"). Speed is `inference_throughput` (eval mode, no_grad) of `runs` batches,
     measured in `rounds` rounds that visit every row in turn (the first round after `warmup` batches per row);
     a row's images/s is its median over the rounds and `spread` their interquartile range over the median.
     Interleaving matters because the rows are compared with each other: a change of the machine's load during
-    the table then hits every row alike instead of whichever row was being timed."""
+    the table then hits every row alike instead of whichever row was being timed. `timed` is called after each
+    row's timing in each round (rows x rounds calls), between measurements."""
     platform = platform or ("gpu" if torch.device(device).type == "cuda" else "arm")
     if platform not in PAPER_BASES:
         raise UserInputError(f"profile.guideline.platform must be 'gpu', 'arm' or null, got {platform!r}")
@@ -282,6 +300,8 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
         for setting, row_speeds in zip(table, speeds):
             row_speeds.append(inference_throughput(setting.network, batch_size, setting.input_shape, runs=runs,
                                                    warmup=warmup if round_index == 0 else 1).images_per_s)
+            if timed:
+                timed()
     rows: list[GuidelineRow] = []
     first = percentile(speeds[0], 50)
     for index, (setting, row_speeds) in enumerate(zip(table, speeds)):
@@ -303,16 +323,25 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
     return rows
 
 
-def run_guidelines(guidelines=GUIDELINES, progress: Callable[[str], None] | None = None,
+def run_guidelines(guidelines=GUIDELINES, progress: Callable[[str, int, int], None] | None = None,
                    **kwargs) -> dict[str, list[GuidelineRow]]:
     """`run_guideline` for each of `guidelines`; keyword arguments go to each (pass `scale` rather than `base`:
-    each table has its own paper setting). Every name is checked before the first table is measured."""
+    each table has its own paper setting). Every name is checked before the first table is measured.
+    `progress(guideline, done, total)` is called as each table starts and after each of its timings: `done` of
+    the `total` timings of all tables (rows x rounds each), e.g. for a progress bar."""
     unknown = [g for g in guidelines if g not in GUIDELINES]
     if unknown:
         raise unknown_guideline(unknown[0])
-    tables = {}
+    total = kwargs.get("rounds", ROUNDS) * sum(table_rows(g) for g in guidelines)
+    tables, done = {}, 0
     for guideline in guidelines:
         if progress:
-            progress(guideline)
-        tables[guideline] = run_guideline(guideline, **kwargs)
+            progress(guideline, done, total)
+
+        def timed() -> None:
+            nonlocal done
+            done += 1
+            progress(guideline, done, total)
+
+        tables[guideline] = run_guideline(guideline, timed=timed if progress else None, **kwargs)
     return tables

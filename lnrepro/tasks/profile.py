@@ -68,6 +68,7 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     """Measure `cfg.model` on `cfg.data`'s input as the `profile` config group says; write metrics.json; return
     the row. With `profile.guidelines` set, run ShuffleNet V2's guideline micro-benchmarks instead."""
     settings = ProfileSettings.from_config(cfg.profile)
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(cfg.get("seed") or 0)
@@ -146,13 +147,34 @@ def profile_guidelines(cfg: DictConfig, settings: ProfileSettings) -> dict[str, 
     printed and written to guidelines.md and guidelines.csv in the run directory; returns {guideline: rows}."""
     import csv
 
+    import rich
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
     from lnrepro.profiling.guidelines import TITLES, run_guidelines
+
+    # One transient bar over every timing (rows x rounds of each table), on a terminal only. It redraws when a
+    # timing ends, not from a refresh thread, so that it takes no CPU from the networks being timed.
+    console = rich.get_console()
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, transient=True, auto_refresh=False,
+                   disable=not console.is_terminal)
+    task = bar.add_task("", total=None)
+    started: set[str] = set()
+
+    def progress(guideline: str, done: int, total: int) -> None:
+        if bar.disable and guideline not in started:
+            # Without the bar (a log file), a line per table says how far the benchmark is. Under the live bar
+            # a log line would garble it: the logging handler writes to the terminal past rich's console.
+            log.info("benchmarking %s", TITLES[guideline])
+        started.add(guideline)
+        bar.update(task, description=f"benchmarking {guideline.upper()}", completed=done, total=total, refresh=True)
 
     # Options left unset (null) take run_guideline's defaults, the paper's settings.
     options = {key: value for key, value in settings.guideline.items() if value is not None}
-    tables = run_guidelines(
-        settings.guidelines, progress=lambda g: log.info("benchmarking %s", TITLES[g]),
-        device=settings.device, runs=settings.runs, warmup=settings.warmup, **options)
+    with bar:
+        tables = run_guidelines(settings.guidelines, progress=progress, device=settings.device, runs=settings.runs,
+                                warmup=settings.warmup, **options)
     rows = {guideline: [row.as_dict() for row in table] for guideline, table in tables.items()}
     for guideline, table_rows in rows.items():
         print_table(TITLES[guideline], GUIDELINE_TABLE_COLUMNS, [guideline_cells(row) for row in table_rows],

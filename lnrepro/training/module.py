@@ -13,11 +13,15 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lnrepro.errors import UserInputError
+from lnrepro.profiling.context import InputSize, input_shape
 
 
 class ClassificationModule(pl.LightningModule):
     """Cross-entropy (label smoothing; Mixup/CutMix from timm), top-1/top-5 accuracy for train/val/test and
     `val/acc_best`. The optimizer and scheduler arrive as partials from the config groups.
+
+    Accuracy is the fraction of all images classified correctly (micro average), the figure papers report;
+    torchmetrics' default, the mean of per-class recalls, differs from it wherever the classes are imbalanced.
 
     Args:
         net: the network.
@@ -27,7 +31,10 @@ class ClassificationModule(pl.LightningModule):
         no_weight_decay_on_norm_and_bias: exempt 1-d parameters (norm weights, biases) from weight decay.
         mixup: timm `Mixup` arguments (`mixup_alpha`, `cutmix_alpha`, `prob`, `switch_prob`); off when both alphas are 0.
         channels_last: feed the network channels-last tensors (and convert its weights).
-        compile: run the forward pass through `torch.compile` (the state_dict keeps its plain keys).
+        compile: run the forward pass through `torch.compile` (`nn.Module.compile` on this module: the
+            state_dict keeps its plain keys, and `self.net`, which profiling and export use, stays uncompiled).
+        input_size: the network's input, (C, H, W) or an image side; sets `example_input_array`, so that
+            Lightning's model summary counts FLOPs and TensorBoard can draw the graph. None: unset.
         run_config: the composed run config, stored in checkpoints so `eval.py` can rebuild the run.
     """
 
@@ -42,6 +49,7 @@ class ClassificationModule(pl.LightningModule):
         mixup: dict[str, float] | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        input_size: InputSize | None = None,
         run_config: dict[str, Any] | None = None,
     ):
         super().__init__()
@@ -57,16 +65,20 @@ class ClassificationModule(pl.LightningModule):
         self.mixup = self._make_mixup(mixup or {}, num_classes, label_smoothing)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        # Kept out of the module tree (a plain attribute, not a submodule) so checkpoints hold the network once,
-        # under its plain keys.
-        self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
+        if compile:
+            # Compiles this module's __call__ (what the steps call) in place: no wrapper module, so no
+            # `_orig_mod.` in the state_dict keys.
+            self.compile()
+        if input_size is not None:
+            self.example_input_array = torch.zeros(1, *input_shape(input_size))
 
+        accuracy = partial(MulticlassAccuracy, num_classes, average="micro")
         top5 = min(5, num_classes)
-        self.train_acc = MulticlassAccuracy(num_classes, top_k=1)
-        self.val_acc = MulticlassAccuracy(num_classes, top_k=1)
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5)
-        self.test_acc = MulticlassAccuracy(num_classes, top_k=1)
-        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5)
+        self.train_acc = accuracy(top_k=1)
+        self.val_acc = accuracy(top_k=1)
+        self.val_acc5 = accuracy(top_k=top5)
+        self.test_acc = accuracy(top_k=1)
+        self.test_acc5 = accuracy(top_k=top5)
         # A plain float saved with the checkpoint (on_save_checkpoint), so a resumed run keeps its best.
         self.best_val_acc = -math.inf
 
@@ -81,7 +93,7 @@ class ClassificationModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self._compiled_net(images) if self._compiled_net is not None else self.net(images)
+        return self.net(images)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
