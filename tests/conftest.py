@@ -12,6 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import lnrepro.conf  # noqa: F401  registers the resolvers the configs use
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "lnrepro" / "conf"
 SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
@@ -82,7 +84,7 @@ def make_eval_cfg(tmp_path):
 def _quiet_and_offline(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("PROJECT_ROOT", str(ROOT))
+    monkeypatch.setenv("LNREPRO_ROOT", str(ROOT))
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

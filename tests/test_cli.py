@@ -106,8 +106,9 @@ def test_ddp_on_two_cpu_processes_splits_the_data(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics_path,) = tmp_path.glob("train/runs/*/metrics.json")
     metrics = json.loads(metrics_path.read_text())
-    # 64 images, batch 16 per process, 2 processes: 2 steps per epoch
-    assert metrics["global_step"] == 4 and metrics["epochs"] == 2
+    # 64 images, global batch 16 = 2 processes x 8: 4 steps per epoch, as in one process with batch 16
+    assert metrics["global_step"] == 8 and metrics["epochs"] == 2
+    assert (metrics["world_size"], metrics["batch_size_global"], metrics["batch_size_per_process"]) == (2, 16, 8)
 
 
 @pytest.mark.slow
@@ -119,3 +120,18 @@ def test_optuna_search_runs_trials_on_the_returned_metric(tmp_path):
     assert len(list(sweep.glob("*/metrics.json"))) == 2
     optimization = (sweep / "optimization_results.yaml").read_text()
     assert "best_value" in optimization and "optimizer.lr" in optimization
+
+
+def test_runs_started_at_the_same_moment_get_their_own_directories(tmp_path):
+    """Four `train.py &` at once (one per GPU, or a job array) and two multiruns: no run overwrites another."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    quick = [*QUICK, "train=false", "test=false", "profile.end_of_fit=false", f"paths.log_dir={tmp_path}"]
+    commands = [[sys.executable, str(ROOT / "train.py"), *quick, f"seed={seed}"] for seed in range(4)]
+    commands += [[sys.executable, str(ROOT / "train.py"), "-m", *quick, f"seed={seed}"] for seed in (10, 11)]
+    processes = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for command in commands]
+    for process in processes:
+        assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
+    written = sorted(json.loads(path.read_text())["seed"] for path in tmp_path.rglob("metrics.json"))
+    assert written == [0, 1, 2, 3, 10, 11]
+    assert len(list(tmp_path.glob("train/runs/*"))) == 4 and len(list(tmp_path.glob("train/multiruns/*"))) == 2

@@ -2,4 +2,24 @@
 
 Entry configs: `train.yaml`, `eval.yaml`, `profile.yaml`. A user's own config folder joins through
 `hydra.searchpath=[file://DIR]` (its `model/mine.yaml` is then `model=mine`).
+
+Hydra imports this package before it reads a config from it, so the resolvers the configs use are registered here.
 """
+
+from __future__ import annotations
+
+import os
+import socket
+
+from omegaconf import OmegaConf
+
+
+def process_tag() -> str:
+    """`<host>-<pid>`: what tells apart runs started in the same second (four `train.py &` on one box, a job
+    array on several nodes); the time alone named one directory for all of them."""
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+if not OmegaConf.has_resolver("lnrepro.process"):
+    # Cached in the config: a submitit job unpickles its sweep's config and keeps the sweep's directory name.
+    OmegaConf.register_new_resolver("lnrepro.process", process_tag, use_cache=True)
