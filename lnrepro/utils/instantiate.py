@@ -10,7 +10,9 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 
+from lnrepro.callbacks.wandb_run_id import WandbRunId
 from lnrepro.errors import USER_FACING_ERRORS
+from lnrepro.loggers import WandbLogger as LnreproWandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +49,28 @@ def instantiate_callbacks(group: DictConfig | None) -> list[Callback]:
     return callbacks
 
 
-def instantiate_loggers(group: DictConfig | None, multirun_group: str | None = None) -> list[Logger]:
+def instantiate_loggers(group: DictConfig | None, multirun_group: str | None = None,
+                        checkpoint: dict | None = None) -> list[Logger]:
     """`multirun_group` (the sweep directory's name) becomes the W&B group when the config leaves it empty,
-    so one multirun = one W&B group."""
+    so one multirun = one W&B group. `checkpoint` (the one `ckpt_path=` resumes from, already loaded) names the
+    W&B run to continue, unless the config names one (`id`/`version`)."""
+    run_id = WandbRunId.run_id_in(checkpoint)
     loggers = []
     for name, config in _configs(group, "logger"):
         if config._target_.endswith("WandbLogger") and multirun_group and not config.get("group"):
             with open_dict(config):
                 config.group = multirun_group
-        loggers.append(instantiate(config))
+        logger = instantiate(config)
+        if isinstance(logger, LnreproWandbLogger) and run_id and not (config.get("id") or config.get("version")):
+            logger.resume(run_id)
+            log.info("W&B: continuing run %s from the checkpoint", run_id)
+        loggers.append(logger)
     return loggers
+
+
+def logger_callbacks(loggers: list[Logger]) -> list[Callback]:
+    """Callbacks the loggers need: a W&B logger's run id goes into the checkpoints, for a resumed run."""
+    return [WandbRunId(logger) for logger in loggers if isinstance(logger, WandbLogger)]
 
 
 def close_loggers(loggers: list[Logger]) -> None:

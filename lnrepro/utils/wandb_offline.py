@@ -7,7 +7,7 @@ type FULL=1 / FIRST=2 / MIDDLE=3 / LAST=4) and its bytes; a block's tail shorter
 chunks join into serialised `wandb.proto.wandb_internal_pb2.Record`s (history, summary, config, ...).
 
     run = read_offline_run("logs/train/runs/.../wandb/offline-run-...")
-    run.config["model.width"], run.summary["flops"], run.history_keys
+    run.run_id, run.config["model.width"], run.summary["flops"], run.history_keys
 """
 
 from __future__ import annotations
@@ -110,8 +110,11 @@ def _value(text: str) -> Any:
 
 @dataclass
 class OfflineRun:
-    """The run's final config and summary (later updates win), and every history row."""
+    """The run's id and project (its `run` record), final config and summary (later updates win), and every history
+    row."""
 
+    run_id: str | None = None
+    project: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -136,7 +139,9 @@ def read_offline_run(path: str | Path) -> OfflineRun:
     run = OfflineRun()
     for record in iter_records(path):
         kind = record.WhichOneof("record_type")
-        if kind == "config":
+        if kind == "run":
+            run.run_id, run.project = record.run.run_id or None, record.run.project or None
+        elif kind == "config":
             for item in record.config.update:
                 _set(run.config, item, _value(item.value_json))
             for item in record.config.remove:
