@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
 
 import lightning.pytorch as pl
@@ -41,6 +42,80 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.length, generator=generator).tolist())
 
 
+class LoaderPosition:
+    """Where a training loader is: the epoch of its current pass and the batches handed out in it; and, after a
+    checkpoint is loaded, where the next pass of that epoch should start. One object shared by the loader and its
+    data module, so it survives Lightning re-creating the loader (a DistributedSampler under DDP)."""
+
+    def __init__(self):
+        self.epoch: int | None = None
+        self.batches = 0
+        self.resume_at: tuple[int | None, int] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resume_at = (state["epoch"], state["batches"])
+
+    def start(self, epoch: int | None) -> int:
+        """Begin a pass of `epoch`; returns how many batches to leave out (those a checkpoint of it saw)."""
+        resume, self.resume_at = self.resume_at, None
+        self.epoch, self.batches = epoch, resume[1] if resume is not None and resume[0] == epoch else 0
+        return self.batches
+
+
+class _SkipFirst:
+    """The loader's batch sampler with the first `loader.skip` batches of the next pass left out, as index lists
+    (nothing is loaded for them). Read at each pass, so persistent workers see it too."""
+
+    def __init__(self, batches, loader: "ResumableDataLoader"):
+        self.batches = batches
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        skip, self.loader.skip = self.loader.skip, 0
+        return itertools.islice(iter(self.batches), skip, None)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that a run resumed from a mid-epoch checkpoint continues at the next batch of the epoch.
+
+    A plain DataLoader would replay the interrupted epoch from its first batch: the resumed run would see some
+    batches twice and others never. The position (`LoaderPosition`) goes into checkpoints twice: through this
+    loader's `state_dict` (Lightning's interface for resumable loaders) and through the data module's, because
+    Lightning hands loop states back only when it builds the loader after restoring them, which it does not when
+    `configure_optimizers` asked for `estimated_stepping_batches` (the schedulers do). A checkpoint from an epoch's
+    end resumes the next epoch from its start: the position applies only to a pass of the same epoch.
+    """
+
+    def __init__(self, *args, position: LoaderPosition | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.position = position if position is not None else LoaderPosition()
+        self.skip = 0
+
+    @property
+    def _index_sampler(self):
+        return _SkipFirst(super()._index_sampler, self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position.load_state_dict(state)
+
+    def __iter__(self):
+        # A generator: this runs at the first batch, after Lightning's set_epoch for the pass (on the
+        # EpochShuffleSampler, or on the DistributedSampler wrapping it under DDP).
+        self.skip = self.position.start(getattr(self.sampler, "epoch", None))
+        for batch in super().__iter__():
+            self.position.batches += 1
+            yield batch
+
+
 class SplitDataModule(pl.LightningDataModule):
     """A train/val/test split served by DataLoaders that a resumed run replays exactly.
 
@@ -62,12 +137,24 @@ class SplitDataModule(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.train_position = LoaderPosition()
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved with every checkpoint, restored before the training loader is built (see ResumableDataLoader).
+        return {"train_position": self.train_position.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "train_position" in state_dict:
+            self.train_position.load_state_dict(state_dict["train_position"])
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() must run before the dataloaders are asked for")
-        return DataLoader(
+        # Training resumes mid-epoch at the next batch; evaluation always runs whole.
+        resumable = {"position": self.train_position} if train else {}
+        return (ResumableDataLoader if train else DataLoader)(
             dataset,
+            **resumable,
             batch_size=self.batch_size,
             sampler=EpochShuffleSampler(len(dataset), self.shuffle_seed) if train else None,
             num_workers=self.num_workers,

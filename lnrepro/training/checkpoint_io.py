@@ -1,0 +1,57 @@
+"""How checkpoints are written and tracked: atomically, and with a resumed run still knowing its best one."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lnrepro.utils.files import atomic_writer
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`TorchCheckpointIO` whose local saves go through `lnrepro.utils.files.atomic_writer`.
+
+    Lightning's own save serialises the whole checkpoint into memory and then writes it through an fsspec
+    transaction, whose temporary file may live on another filesystem (then the final move is a copy, not an atomic
+    rename). Here torch.save streams into a temporary file next to the target, which is fsynced and renamed over
+    it. Every checkpoint goes through this: ModelCheckpoint's top-k files, the `last.ckpt` callback (the same kind
+    of save under a fixed name) and `trainer.save_checkpoint`. A failed write raises an OSError naming the
+    checkpoint (`lnrepro.tasks.common` turns a full disk into one line). Remote paths (s3://...) keep Lightning's
+    save.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options)  # refuses storage_options, as before
+            return
+        with atomic_writer(path) as file:
+            torch.save(checkpoint, file)
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` that keeps its record of the best checkpoints when a run resumes into a new directory.
+
+    Every `train.py ckpt_path=...` gets a new run directory, and Lightning then forgets the best score so far: the
+    resumed run's first validation became "best" however it scored, and the test ran on other weights than the
+    uninterrupted run's. Nothing in the old directory is deleted for it: Lightning removes replaced checkpoints
+    only inside this callback's own directory. When the best checkpoint is gone (the old directory was moved or
+    deleted), Lightning's forgetting applies: the resumed run's next validation names a new best.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's key: checkpoints written before (or by a plain ModelCheckpoint) keep restoring.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        best = state_dict.get("best_model_path")
+        if best and _is_local_file_protocol(best) and not os.path.isfile(best):
+            super().load_state_dict(state_dict)
+            return
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath})
