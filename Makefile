@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lnrepro-installed
 ARGS ?=
 
-.PHONY: install train eval test test-all bench-data clean-logs
+.PHONY: install train eval test test-cluster test-all bench-data clean-logs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,17 @@ train: install
 eval: install
 	$(PY) eval.py $(ARGS)
 
-# the default suite: fast tests only (well under 10 minutes on 2 CPU cores)
+# the default suite: fast tests only (well under 10 minutes on 2 CPU cores); no cluster tests
 test: install
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow and not cluster" $(ARGS)
 
-# everything, including subprocess multiruns and the real-data learning check
+# scale-out on real engines (tests/test_cluster.py): SLURM sweeps, DDP, a failing job and a requeue on the local
+# one-node SLURM cluster (`bash scripts/slurm-local.sh up`; the tests bring it up themselves when it is not), DDP
+# inside a local multirun. The SLURM tests skip only where the cluster cannot start (not root, SLURM missing).
+test-cluster: install
+	$(PY) -m pytest -m cluster tests/test_cluster.py $(ARGS)
+
+# everything, including subprocess multiruns, the real-data learning check and the cluster tests
 test-all: install
 	$(PY) -m pytest $(ARGS)
 

@@ -71,6 +71,9 @@ def report_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"published table to show side by side: {', '.join(SHIPPED_TABLES)} or a CSV path")
     parser.add_argument("--out", metavar="DIR", help="where report.md/.csv/.png go (default: DIR if one, else ./report)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--tolerance", type=float, default=1.0, metavar="POINTS",
+                        help="a mean top-1 within max(its 95%% interval, POINTS) of the published one is "
+                             "`reproduced` (default 1.0)")
     parser.add_argument("--wandb", action="store_true",
                         help="also log the table and plots to W&B as one run (job_type=report; WANDB_MODE=offline "
                              "works); a multirun directory's report joins that multirun's W&B group")
@@ -85,7 +88,8 @@ def report(argv: list[str] | None = None) -> int:
     from lnrepro.schema import multirun_group
 
     try:
-        result = make_report(args.dirs, reference=args.reference, out_dir=args.out, plots=not args.no_plots)
+        result = make_report(args.dirs, reference=args.reference, out_dir=args.out, plots=not args.no_plots,
+                             tolerance=args.tolerance)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

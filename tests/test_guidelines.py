@@ -1,4 +1,4 @@
-"""ShuffleNet V2's guideline benchmarks (lnrepro/profiling/guidelines.py): each table holds FLOPs equal across its
+"""ShuffleNet V2's guideline benchmarks (lnrepro/experiments/shufflenetv2_guidelines.py): each table holds FLOPs equal across its
 rows (the paper's design), memory access cost ordered as the guideline predicts, timings are positive, and the
 `shufflenetv2_guidelines` preset runs through lnrepro-profile's task at a tiny size."""
 
@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from lnrepro.experiments.shufflenetv2_guidelines import (GUIDELINES, PAPER_BASES, PAPER_FIGURES, elementwise_bytes,
+                                                         g1_channels, g2_channels, g3_channels, paper_figures,
+                                                         run_guideline, run_guidelines, settings)
 from lnrepro.profiling import count_macs, memory_access_cost
-from lnrepro.profiling.guidelines import (GUIDELINES, PAPER_BASES, PAPER_FIGURES, elementwise_bytes, g1_channels,
-                                          g2_channels, g3_channels, paper_figures, run_guideline, run_guidelines,
-                                          settings)
 from lnrepro.tasks.profile import profile
 
 from tests.conftest import compose_config
@@ -86,7 +86,7 @@ def test_runner_returns_rows_with_positive_timings():
 
 
 def test_rows_are_timed_in_interleaved_rounds_and_take_the_median(monkeypatch):
-    import lnrepro.profiling.guidelines as guidelines
+    import lnrepro.experiments.shufflenetv2_guidelines as guidelines
 
     calls, speeds = [], iter([10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 12.0, 18.0, 33.0, 41.0])
 
@@ -107,7 +107,7 @@ def test_rows_are_timed_in_interleaved_rounds_and_take_the_median(monkeypatch):
 
 
 def test_paper_cells_show_the_papers_relative_speed():
-    from lnrepro.tasks.profile import paper_cell
+    from lnrepro.experiments.shufflenetv2_guidelines import paper_cell
 
     assert paper_cell(1296, 1480) == "1296 (0.88)" and paper_cell(None, 1480) is None
 
@@ -169,7 +169,7 @@ def fake_throughput(net, batch_size, input_shape, runs, warmup):
 
 
 def test_run_guidelines_reports_every_timing_of_every_table(monkeypatch):
-    import lnrepro.profiling.guidelines as guidelines
+    import lnrepro.experiments.shufflenetv2_guidelines as guidelines
 
     monkeypatch.setattr(guidelines, "inference_throughput", fake_throughput)
     calls = []
@@ -191,7 +191,7 @@ def test_profile_task_shows_a_progress_bar_on_a_terminal_and_logs_tables_elsewhe
     import rich
     from rich.console import Console
 
-    import lnrepro.profiling.guidelines as guidelines
+    import lnrepro.experiments.shufflenetv2_guidelines as guidelines
 
     monkeypatch.setattr(guidelines, "inference_throughput", fake_throughput)
     screen = io.StringIO()

@@ -35,7 +35,8 @@ def build_wheel(out: Path) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "lnrepro", source / "lnrepro", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("lnrepro", "hydra_plugins"):  # hydra_plugins: the hydra/launcher=slurm|local launchers
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
                     "--wheel-dir", str(out / "dist"), str(source)], check=True, env=clean_env(), timeout=300)
     (wheel,) = (out / "dist").glob("lnrepro-*.whl")
@@ -68,6 +69,7 @@ def test_wheel_ships_every_config_and_published_table(tmp_path):
     assert {"lnrepro/reference/cifar10_seed_table.csv", "lnrepro/reference/imagenet_published.csv"} <= shipped_csv
     assert shipped_csv <= names
     assert "lnrepro/conf/__init__.py" in names
+    assert "hydra_plugins/lnrepro_launchers/launchers.py" in names
 
 
 def test_console_scripts_from_the_wheel_work_from_any_directory(installed, tmp_path):
@@ -87,7 +89,7 @@ def test_console_scripts_from_the_wheel_work_from_any_directory(installed, tmp_p
     (metrics_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
     assert metrics["model"] == "shufflenet_v2" and metrics["width"] == 0.25 and metrics["schema_version"] >= 1
-    assert "test/acc" in metrics and metrics["latency_ms"] > 0
+    assert "test/acc" in metrics and metrics["latency/eager_ms"] > 0 and "test/acc_onnxruntime" in metrics
 
     checkpoint = metrics_file.parent / "checkpoints" / "last.ckpt"
     evaluated = subprocess.run([str(bin_dir / "lnrepro-eval"), f"ckpt_path={checkpoint}",

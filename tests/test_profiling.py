@@ -113,16 +113,17 @@ def test_profile_task_gives_one_row_per_model(tmp_path, capsys):
         cfg = compose_config("profile", tmp_path / str(number), [f"model={model}", "model.width=0.25", *PROFILE_FAST])
         rows.append(profile(cfg))
         saved = json.loads((tmp_path / str(number) / "metrics.json").read_text())
-        assert saved["model"] == model and saved["macs"] > 0 and saved["latency_ms"] > 0
+        assert saved["model"] == model and saved["macs"] > 0 and saved["latency/eager_ms"] > 0
     printed = capsys.readouterr().out
-    assert printed.count("shufflenet_v2") == 1 and printed.count("mobilenet_v2") == 1
+    assert printed.count("shufflenet_v2") == printed.count("mobilenet_v2") == 4  # counts, then 3 runtimes
     assert rows[0]["flops"] == 2 * rows[0]["macs"]
 
 
 CALLBACK_KEYS = {"params", "params_trainable", "params_conv", "macs", "flops", "flops_conv", "mac_bytes",
-                 "train/imgs_per_s", "train/epoch_s", "val/epoch_s", "latency_ms", "latency_p90_ms",
-                 "infer/imgs_per_s", "memory/peak_mb", "device", "dtype", "threads", "batch_size", "input_size",
-                 "torch_version"}
+                 "train/imgs_per_s", "train/epoch_s", "val/epoch_s", "memory/peak_mb", "device", "dtype", "threads",
+                 "batch_size", "input_size", "torch_version"}
+# measured by the train task after the fit, in each runtime of profile.runtimes
+RUNTIME_KEYS = {"latency/eager_ms", "latency/eager_p90_ms", "infer/eager_imgs_per_s", "latency/onnxruntime_ms"}
 
 
 def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
@@ -137,12 +138,12 @@ def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
     train_task.train(cfg)
     profile = next(c for c in made if type(c).__name__ == "EfficiencyProfile")
     assert CALLBACK_KEYS <= set(profile.metrics)
-    assert profile.metrics["train/imgs_per_s"] > 0 and profile.metrics["latency_ms"] > 0
+    assert profile.metrics["train/imgs_per_s"] > 0 and profile.metrics["memory/peak_mb"] > 0
     assert profile.metrics["batch_size"] == 16 and profile.metrics["input_size"] == "3x16x16"
     csv_header = next(Path(cfg.paths.output_dir).rglob("metrics.csv")).read_text().splitlines()[0]
-    assert "train/imgs_per_s" in csv_header and "latency_ms" in csv_header  # reached the logger
+    assert "train/imgs_per_s" in csv_header and "latency/eager_ms" in csv_header  # reached the logger
     saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
-    assert CALLBACK_KEYS <= set(saved)  # the train task merges the callback's figures
+    assert CALLBACK_KEYS | RUNTIME_KEYS <= set(saved)  # the train task merges the callback's figures and its own
 
 
 def test_callback_times_no_epoch_whose_start_a_mid_epoch_resume_skipped(tmp_path):
@@ -185,7 +186,7 @@ def test_callback_times_no_epoch_whose_start_a_mid_epoch_resume_skipped(tmp_path
 
 def _write_wandb_log(path: Path, records: list[bytes]) -> None:
     """A `.wandb` file in W&B's LevelDB-style log format (crc left 0: the reader does not check it)."""
-    from lnrepro.utils.wandb_offline import BLOCK, CHUNK, FIRST, FULL, HEADER, LAST, MIDDLE
+    from tests.wandb_offline import BLOCK, CHUNK, FIRST, FULL, HEADER, LAST, MIDDLE
 
     out = bytearray(HEADER.pack(b":W&B", 0xBEE1, 0))
     for data in records:
@@ -207,7 +208,7 @@ def _write_wandb_log(path: Path, records: list[bytes]) -> None:
 def test_offline_reader_joins_records_split_across_blocks(tmp_path):
     from wandb.proto import wandb_internal_pb2 as pb
 
-    from lnrepro.utils.wandb_offline import read_offline_run
+    from tests.wandb_offline import read_offline_run
 
     big, small = pb.Record(), pb.Record()
     big.config.update.add(key="model.width", value_json="0.5")
@@ -226,7 +227,7 @@ def test_wandb_offline_run_holds_the_profile(make_train_cfg):
     """What reached W&B, read back from the offline run file: the profile and the test accuracy in the summary,
     the config flattened, and the per-layer table (its rows in the run's files)."""
     from lnrepro.tasks import train
-    from lnrepro.utils.wandb_offline import read_offline_run
+    from tests.wandb_offline import read_offline_run
 
     cfg = make_train_cfg("logger=wandb", "model=shufflenet_v2", "model.width=0.25", "data.image_size=16",
                          "profile.end_of_fit=true", "callbacks.efficiency_profile.warmup_steps=1",
@@ -235,7 +236,7 @@ def test_wandb_offline_run_holds_the_profile(make_train_cfg):
     (run_dir,) = (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")
     run = read_offline_run(run_dir)
 
-    for key in ("params", "flops", "mac_bytes", "train/imgs_per_s", "latency_ms", "test/acc"):
+    for key in ("params", "flops", "mac_bytes", "train/imgs_per_s", "latency/eager_ms", "test/acc"):
         assert isinstance(run.summary.get(key), (int, float)), key
     assert run.summary["flops"] == metrics["flops"] == 2 * run.summary["macs"]
     assert run.summary["device"] == "cpu" and run.summary["input_size"] == "3x16x16"  # the context strings too
@@ -250,15 +251,3 @@ def test_wandb_offline_run_holds_the_profile(make_train_cfg):
     assert sum(row[2] for row in rows.values()) == run.summary["macs"]
     conv = next(row for row in content["data"] if row[1] == "Conv2d")
     assert conv[3] == 2 * conv[2] and conv[6] > 0 and conv[5].count("x") == 2
-
-
-def test_onnx_runtime_latency_of_the_exported_network(tmp_path):
-    from lnrepro.profiling.onnx_latency import onnx_latency
-
-    net = build_model("shufflenet_v2", width=0.5, num_classes=10, stem="cifar")
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    result = onnx_latency(net, (3, 32, 32), runs=5, warmup=1, save_to=tmp_path / "net.onnx")
-    assert 0 < result.median_ms <= result.p90_ms
-    assert result.max_abs_diff < 1e-4  # ONNX Runtime computes the same network
-    assert (tmp_path / "net.onnx").stat().st_size == result.onnx_bytes > 1_000_000  # 352K fp32 weights
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and net.training

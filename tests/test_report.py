@@ -134,7 +134,7 @@ def test_seed_multirun_report_matches_the_seed_table(seed_multirun):
     # Markdown: published figures side by side
     assert "| vgg16_conv | cifar | 14.7M / 14.7M | 626M / 626M |" in report.markdown
     assert "| ghostnet_ghost | imagenet | 3.88M / 3.88M | 11M / 11M |" in report.markdown
-    assert "83.9 / 83.9" in report.markdown
+    assert "83.9‡ / 83.9" in report.markdown  # written in the old format: a per-class mean, marked
     assert not report.notes
     for name in ("top1_vs_flops", "top1_vs_latency", "flops_vs_latency"):
         assert_valid_png(report.files[name])
@@ -154,7 +154,7 @@ def test_missing_values_are_dashes_and_plots_without_data_are_skipped(tmp_path):
     assert [r["model"] for r in rows] == ["shufflenet_v2_x0.5", "mobilenet_v2"]
     assert rows[0]["params"] == "" and rows[0]["top1"] == "90.0"
     assert rows[1]["top1"] == "70.0" and rows[1]["top1_split"] == "val"
-    assert "| shufflenet_v2_x0.5 | cifar | - | - | - | - | - | - | 90.0 |" in report.markdown
+    assert "| shufflenet_v2_x0.5 | cifar | - | - | - | - | - | - | 90.0‡ |" in report.markdown
     assert "70.0†" in report.markdown
     assert not [p for p in report.files.values() if p.suffix == ".png"]
     assert any("top1_vs_flops skipped" in note for note in report.notes)

@@ -24,19 +24,23 @@ def test_every_key_train_eval_and_profile_write_is_declared(make_train_cfg, make
     evaluated = evaluate(make_eval_cfg(f"ckpt_path={checkpoint}", "data=synthetic", "data.image_size=16"))
     profiled = profile(compose_config("profile", tmp_path / "profile", [
         "data=synthetic", "data.image_size=16", "model.width=0.25", "profile.runs=2", "profile.throughput_runs=1",
-        "profile.warmup=0", "profile.batch_size=2", "profile.onnx=true"]))
+        "profile.warmup=0", "profile.batch_size=2"]))
     written = [json.loads((checkpoint.parents[1] / "metrics.json").read_text()),
                json.loads((tmp_path / "eval" / "metrics.json").read_text()),
                json.loads((tmp_path / "profile" / "metrics.json").read_text())]
     for metrics, task in zip(written, ("train", "eval", "profile")):
         assert metrics["task"] == task and metrics["schema_version"] == schema.SCHEMA_VERSION
         assert schema.undeclared(metrics) == [], task
-    assert {schema.LATENCY_MS, schema.ONNX_LATENCY_MS, schema.MACS} <= set(profiled)
+    assert {schema.LATENCY_MS, schema.latency_key("onnxruntime"), schema.latency_key("onnxruntime_int8"),
+            schema.MACS} <= set(profiled)
     assert evaluated["test/acc"] == pytest.approx(float(trained["test/acc"]), abs=1e-6)
+    # the deployed accuracy beside eager's: fp32 ONNX Runtime computes the same logits (32 test images)
+    assert written[0]["test/acc_onnxruntime"] == pytest.approx(float(trained["test/acc"]), abs=1 / 32 + 1e-9)
+    assert 0 <= written[0]["test/acc_onnxruntime_int8"] <= 1 and written[0]["onnxruntime_int8/calibration_images"]
 
 
 def test_undeclared_keys_are_named():
-    assert schema.undeclared(["val/acc", "train/loss_step", "lr-SGD/pg1", "latency_ms", "my/own"]) == ["my/own"]
+    assert schema.undeclared(["val/acc", "train/loss_step", "lr-SGD/pg1", "latency/onnxruntime_ms", "my/own"]) == ["my/own"]
 
 
 def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
@@ -76,3 +80,16 @@ def test_the_schema_document_lists_every_key():
     assert all(f"`{name}`" in table for name in schema.KEYS)
     docs = Path(__file__).resolve().parents[1] / "docs" / "METRICS.md"
     assert docs.read_text().strip().endswith(table.strip()), "regenerate: python -m lnrepro.schema > docs/METRICS.md"
+
+
+def test_config_digest_is_shared_by_runs_that_differ_only_in_seed_and_paths(tmp_path):
+    from omegaconf import OmegaConf
+
+    def digest(*overrides):
+        cfg = compose_config("train", tmp_path, ["data=synthetic", *overrides])
+        return schema.config_digest(OmegaConf.to_container(cfg, resolve=False))
+
+    base = digest("seed=0")
+    assert digest("seed=1", "paths.log_dir=/elsewhere", "logger=tensorboard", "profile.runs=3") == base
+    assert digest("seed=0", "model.width=0.5") != base
+    assert digest("seed=0", "optimizer.lr=0.01") != base

@@ -47,7 +47,7 @@ def test_unreachable_server_falls_back_to_the_same_run_offline(tmp_path, server)
     """`refuses`: nothing listens on the port (wandb retries until its deadline all the same). `never_answers`: a
     socket accepts the connection and never replies, like a blackholed address (wandb's own deadline is 90 s, after
     which the run used to end in a CommError before training)."""
-    from lnrepro.utils.wandb_offline import read_offline_run
+    from tests.wandb_offline import read_offline_run
 
     listener = socket.create_server(("127.0.0.1", 0), backlog=64) if server == "never_answers" else None
     port = listener.getsockname()[1] if listener else _closed_port()
@@ -85,7 +85,7 @@ def test_a_resumed_run_continues_its_wandb_run(make_train_cfg, tmp_path):
     """Offline (conftest): the resumed run writes a second piece of the same W&B run, its steps after the first's."""
     from lnrepro.callbacks import WandbRunId
     from lnrepro.tasks import train
-    from lnrepro.utils.wandb_offline import read_offline_run
+    from tests.wandb_offline import read_offline_run
 
     small = ["logger=wandb", "model.width=0.25", "data.image_size=16"]  # 64 images, batch 16: 4 steps an epoch
     first = make_train_cfg(*small, output_dir=tmp_path / "first")

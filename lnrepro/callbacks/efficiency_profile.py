@@ -23,6 +23,27 @@ from lnrepro.profiling.memory import MB
 log = logging.getLogger(__name__)
 
 
+def wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+
+
+def publish(trainer: pl.Trainer, values: dict[str, Any], save: bool = False) -> None:
+    """Send `values` to every logger: numbers through `log_metrics` at the current step; W&B's summary gets
+    everything (its summary is what a W&B table of runs shows). Rank 0 only. `save`: write the loggers' files
+    now (after the fit, when Lightning no longer does)."""
+    if not trainer.is_global_zero:
+        return
+    numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers:
+        for logger in trainer.loggers:
+            logger.log_metrics(numbers, step=trainer.global_step)
+    for logger in wandb_loggers(trainer):
+        logger.experiment.summary.update(values)
+    if save:
+        for logger in trainer.loggers:
+            logger.save()
+
+
 class EfficiencyProfile(pl.Callback):
     """Measures the network while it trains, without slowing it down.
 
@@ -37,11 +58,11 @@ class EfficiencyProfile(pl.Callback):
       `warmup_steps` steps of epoch 0 (allocator growth, kernel selection) are left out of images/s, and
       `train/epoch_s` is the median over epochs, leaving out epoch 0 when there are others. Under DDP, images/s
       is rank 0's rate times the world size.
-    - At the end of training (`profile.end_of_fit`): what the `profile` config group asks for, measured by
-      `lnrepro.profiling.measured_metrics` exactly as `lnrepro-profile` measures it (latency at batch 1, inference
-      throughput at `profile.batch_size`, peak memory), on the trained network itself (no copy), in eval mode under
-      no_grad, train mode restored; the fit measured its own training speed. On a GPU `memory/peak_mb` is
-      `torch.cuda.max_memory_allocated` over the whole fit; on the CPU, one measured training step.
+    - At the end of training (`profile.end_of_fit`): peak memory as the `profile` config group asks for, measured by
+      `lnrepro.profiling.measured_metrics` exactly as `lnrepro-profile` measures it, on the trained network itself
+      (no copy), in eval mode under no_grad, train mode restored; the fit measured its own training speed. On a
+      GPU `memory/peak_mb` is `torch.cuda.max_memory_allocated` over the whole fit; on the CPU, one measured
+      training step. Latency and throughput per runtime come after testing, from the train task.
 
     Final values are in `self.metrics` (keys: `lnrepro.schema`) and go to every logger's `log_metrics` (numbers
     only) and, for W&B, to the run summary (with the context strings). A W&B run also gets, at fit start, a
@@ -77,22 +98,6 @@ class EfficiencyProfile(pl.Callback):
     def network(pl_module: pl.LightningModule) -> nn.Module:
         return getattr(pl_module, "net", pl_module)
 
-    def publish(self, trainer: pl.Trainer, values: dict[str, Any]) -> None:
-        """Send `values` to every logger: numbers through `log_metrics` at the current step; W&B's summary gets
-        everything (its summary is what a W&B table of runs shows)."""
-        if not trainer.is_global_zero:
-            return
-        numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if numbers:
-            for logger in trainer.loggers:
-                logger.log_metrics(numbers, step=trainer.global_step)
-        for logger in self.wandb_loggers(trainer):
-            logger.experiment.summary.update(values)
-
-    @staticmethod
-    def wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
-        return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-
     # ---------------------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_timers()
@@ -105,14 +110,14 @@ class EfficiencyProfile(pl.Callback):
     def _count_static(self, trainer: pl.Trainer, pl_module: pl.LightningModule, input_size) -> None:
         self._input_shape = input_shape(input_size)
         net = self.network(pl_module)
-        wandb_loggers = self.wandb_loggers(trainer) if trainer.is_global_zero else []
-        macs = count_macs(net, self._input_shape) if wandb_loggers else None  # counted once, for both
+        to_wandb = wandb_loggers(trainer) if trainer.is_global_zero else []
+        macs = count_macs(net, self._input_shape) if to_wandb else None  # counted once, for both
         counts = static_metrics(net, self._input_shape, macs=macs)
         self.metrics.update(counts)
-        self.publish(trainer, counts)
+        publish(trainer, counts)
         if macs is not None:
             rows = layer_rows(macs)
-            for logger in wandb_loggers:
+            for logger in to_wandb:
                 logger.log_table(self.TABLE_KEY, columns=LAYER_COLUMNS, data=rows, step=trainer.global_step)
         log.info("%s: %.3fM params, %.1fM multiply-adds (%.1fM FLOPs) per %s image", type(self.network(pl_module))
                  .__name__, counts[schema.PARAMS] / 1e6, counts[schema.MACS] / 1e6, counts[schema.FLOPS] / 1e6,
@@ -163,7 +168,7 @@ class EfficiencyProfile(pl.Callback):
         if self._count_from is not None and self._images_in_epoch:
             self._images += self._images_in_epoch
             self._counted_seconds += now - self._count_from - self._val_seconds_in_epoch
-        self.publish(trainer, self._update_speed(trainer))
+        publish(trainer, self._update_speed(trainer))
 
     def _update_speed(self, trainer: pl.Trainer) -> dict[str, float]:
         """Recompute the speed figures into `self.metrics`; returns them."""
@@ -183,9 +188,10 @@ class EfficiencyProfile(pl.Callback):
         on_gpu = pl_module.device.type == "cuda"
         fit_peak = torch.cuda.max_memory_allocated(pl_module.device) / MB if on_gpu else None  # before anything runs
         if self.settings.end_of_fit and trainer.is_global_zero:
-            # On a GPU the fit's own peak is the training figure: no extra training step is measured.
-            settings = dataclasses.replace(self.settings, train=self.settings.train and not on_gpu)
+            # On a GPU the fit's own peak is the training figure: no extra training step is measured. Latency per
+            # runtime is the train task's, after testing, where it also gets each runtime's test accuracy.
+            settings = dataclasses.replace(self.settings, train=self.settings.train and not on_gpu, runtimes=[])
             self.metrics.update(measured_metrics(net, shape, settings, training_speed=False))
         if fit_peak is not None and self.settings.memory:
             self.metrics[schema.MEMORY_PEAK_MB] = fit_peak
-        self.publish(trainer, self.metrics)
+        publish(trainer, self.metrics)

@@ -23,3 +23,10 @@ def process_tag() -> str:
 if not OmegaConf.has_resolver("lnrepro.process"):
     # Cached in the config: a submitit job unpickles its sweep's config and keeps the sweep's directory name.
     OmegaConf.register_new_resolver("lnrepro.process", process_tag, use_cache=True)
+
+
+if not OmegaConf.has_resolver("lnrepro.cwd"):
+    # The directory the command was started from, as `${hydra:runtime.cwd}` but also where Hydra has not set its
+    # config yet: a multirun's sweeper and launcher resolve hydra.sweep.dir (so paths.log_dir) before any job runs.
+    # Cached: a submitit job keeps its sweep's directory.
+    OmegaConf.register_new_resolver("lnrepro.cwd", os.getcwd, use_cache=True)

@@ -78,6 +78,8 @@ class InMemoryImageDataModule(SplitDataModule):
         return images
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # the module's example_input_array on its way to the model summary
+            return batch
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         return self.augment_and_normalize(images, training), labels

@@ -24,8 +24,12 @@ FLOPs = 2 x multiply-adds, as everywhere in this project; MAC (memory access cos
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -34,7 +38,12 @@ from torch import nn
 from lnrepro.errors import UserInputError
 from lnrepro.profiling.context import measurement_context, percentile, random_input
 from lnrepro.profiling.counts import count_macs, evaluation_mode
+from lnrepro.profiling.measure import ProfileSettings
 from lnrepro.profiling.timing import inference_throughput
+from lnrepro.utils.files import atomic_write_text
+from lnrepro.utils.tables import markdown_table, print_table
+
+log = logging.getLogger("lnrepro")
 
 GUIDELINES = ("g1", "g2", "g3", "g4")
 TITLES = {
@@ -345,3 +354,95 @@ def run_guidelines(guidelines=GUIDELINES, progress: Callable[[str, int, int], No
 
         tables[guideline] = run_guideline(guideline, timed=timed if progress else None, **kwargs)
     return tables
+
+
+# --- the tables, printed and written as guidelines.md / guidelines.csv (lnrepro-profile experiment=...) -------
+def paper_cell(value: float | None, first: float | None) -> str | None:
+    """The paper's figure with its speed relative to the table's first row: what can be compared across devices."""
+    return None if value is None else f"{value:g} ({value / first:.2f})"
+
+
+# (column title, left-aligned, cell text of a row dict or None for "-") of the guideline tables; guidelines.csv
+# also has ms_per_batch and the measurement context.
+GUIDELINE_COLUMNS = [
+    ("setting", True, lambda r: r["setting"]),
+    ("channels", True, lambda r: r["channels"]),
+    ("FLOPs (M)", False, lambda r: f"{r['flops'] / 1e6:.1f}"),
+    ("MAC (MB)", False, lambda r: f"{r['mac_bytes'] / 2**20:.2f}"),
+    ("elem-wise (MB)", False, lambda r: f"{r['elementwise_bytes'] / 2**20:.2f}"),
+    ("img/s", False, lambda r: f"{r['images_per_s']:.1f}"),
+    ("spread", False, lambda r: f"{r['spread']:.0%}"),
+    ("relative", False, lambda r: f"{r['relative_speed']:.2f}"),
+    ("paper GPU batch/s (rel.)", False, lambda r: paper_cell(r["paper_gpu"], r["paper_gpu_first"])),
+    ("paper ARM img/s (rel.)", False, lambda r: paper_cell(r["paper_arm"], r["paper_arm_first"])),
+]
+
+
+GUIDELINE_TABLE_COLUMNS = [(title, left) for title, left, _ in GUIDELINE_COLUMNS]
+
+
+def guideline_cells(row: dict[str, Any]) -> list[str]:
+    return [cell if (cell := text(row)) is not None else "-" for _, _, text in GUIDELINE_COLUMNS]
+
+
+def guideline_caption(rows: list[dict[str, Any]]) -> str:
+    first = rows[0]
+    return (f"one image: FLOPs = 2 x multiply-adds, MAC = conv inputs + outputs + weights (fp32); speed at batch "
+            f"{first['batch_size']}, input {first['input_size']} (first row), {first['blocks']} blocks, median of "
+            f"{first['rounds']} interleaved rounds of {first['runs']} batches (spread: their interquartile range / "
+            f"median); "
+            f"{first['device']}, {first['dtype']}, threads {first['threads']}, torch {first['torch_version']}")
+
+
+def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
+    parts = []
+    for guideline, rows in tables.items():
+        parts.append(f"### {TITLES[guideline]}\n")
+        parts.extend(markdown_table(GUIDELINE_TABLE_COLUMNS, [guideline_cells(row) for row in rows]))
+        parts.append(f"\n{guideline_caption(rows)}\n")
+    return "\n".join(parts)
+
+
+def profile_guidelines(settings: ProfileSettings, output_dir: Path) -> dict[str, Any]:
+    """ShuffleNet V2's four guideline benchmarks (conf/experiment/shufflenetv2_guidelines.yaml): one table each,
+    printed and written to guidelines.md and guidelines.csv in the run directory; returns {guideline: rows}."""
+    import rich
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    # One transient bar over every timing (rows x rounds of each table), on a terminal only. It redraws when a
+    # timing ends, not from a refresh thread, so that it takes no CPU from the networks being timed.
+    console = rich.get_console()
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, transient=True, auto_refresh=False,
+                   disable=not console.is_terminal)
+    task = bar.add_task("", total=None)
+    started: set[str] = set()
+
+    def progress(guideline: str, done: int, total: int) -> None:
+        if bar.disable and guideline not in started:
+            # Without the bar (a log file), a line per table says how far the benchmark is. Under the live bar
+            # a log line would garble it: the logging handler writes to the terminal past rich's console.
+            log.info("benchmarking %s", TITLES[guideline])
+        started.add(guideline)
+        bar.update(task, description=f"benchmarking {guideline.upper()}", completed=done, total=total, refresh=True)
+
+    # Options left unset (null) take run_guideline's defaults, the paper's settings.
+    options = {key: value for key, value in settings.guideline.items() if value is not None}
+    with bar:
+        tables = run_guidelines(settings.guidelines, progress=progress, device=settings.device, runs=settings.runs,
+                                warmup=settings.warmup, **options)
+    rows = {guideline: [row.as_dict() for row in table] for guideline, table in tables.items()}
+    for guideline, table_rows in rows.items():
+        print_table(TITLES[guideline], GUIDELINE_TABLE_COLUMNS, [guideline_cells(row) for row in table_rows],
+                    caption=guideline_caption(table_rows))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / "guidelines.md", guidelines_markdown(rows))
+    flat = [row for table_rows in rows.values() for row in table_rows]
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(flat[0]))
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write_text(output_dir / "guidelines.csv", text.getvalue())
+    log.info("guideline tables written to %s", output_dir / "guidelines.md")
+    return rows

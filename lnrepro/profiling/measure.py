@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from lnrepro import schema
 from lnrepro.errors import UserInputError
-from lnrepro.profiling.context import InputSize, measurement_context, shape_text
+from lnrepro.profiling.context import InputSize, input_shape, measurement_context, shape_text
 from lnrepro.profiling.counts import MacCount, count_macs, count_parameters
 from lnrepro.profiling.memory import inference_peak_memory, training_peak_memory
-from lnrepro.profiling.timing import inference_throughput, latency, training_throughput
+from lnrepro.profiling.runtimes import RUNTIMES, check_runtime, measure_runtime
+from lnrepro.profiling.timing import training_throughput
+
+log = logging.getLogger(__name__)
+
+#: What a profile measures unless `profile.runtimes` says otherwise (see conf/profile/default.yaml for the cost).
+DEFAULT_RUNTIMES = ("eager", "onnxruntime", "onnxruntime_int8")
 
 
 @dataclass(frozen=True)
@@ -33,23 +40,32 @@ class ProfileSettings:
     throughput_runs: int = 10  # timed batches for throughput
     warmup: int = 5  # untimed passes before timing
     threads: int | None = None  # torch CPU threads while measuring (None: as they are)
-    latency: bool = True
-    throughput: bool = True
+    runtimes: list[str] = field(default_factory=lambda: list(DEFAULT_RUNTIMES))  # latency/throughput in each
+    calibration_images: int = 64  # training images that calibrate onnxruntime_int8's activation ranges
     train: bool = True  # training peak memory, and (lnrepro-profile) training throughput
     memory: bool = True
     layers: bool = False  # lnrepro-profile prints the per-layer table
-    onnx: bool = False  # lnrepro-profile: also time the network exported to ONNX Runtime
+    flop_conventions: bool = False  # lnrepro-profile: multiply-adds counted the ways papers count them
     end_of_fit: bool = True  # train.py: measure the trained network after the fit
     guidelines: list[str] | None = None  # lnrepro-profile: ShuffleNet V2's guideline benchmarks instead
     guideline: dict[str, Any] = field(default_factory=dict)  # their options
 
     def __post_init__(self) -> None:
-        for name, least in (("batch_size", 1), ("runs", 1), ("throughput_runs", 1), ("warmup", 0)):
+        for name, least in (("batch_size", 1), ("runs", 1), ("throughput_runs", 1), ("warmup", 0),
+                            ("calibration_images", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise UserInputError(f"profile.{name}={value!r} is not possible: use an integer >= {least}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise UserInputError(f"profile.threads={self.threads!r} is not possible: use null or an integer >= 1")
+        unknown = [runtime for runtime in self.runtimes if runtime not in RUNTIMES]
+        if unknown:
+            raise UserInputError(f"profile.runtimes: unknown runtime {unknown[0]!r}; choose from {', '.join(RUNTIMES)}")
+
+    def check_runtimes(self, device: str | torch.device = "cpu") -> None:
+        """Refuse, before anything is trained or measured, a runtime whose package or compiler is missing."""
+        for runtime in self.runtimes:
+            check_runtime(runtime, device)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None) -> "ProfileSettings":
@@ -68,6 +84,8 @@ class ProfileSettings:
                                  f"{', '.join(sorted(fields))}")
         values["guidelines"] = list(values["guidelines"]) if values.get("guidelines") else None
         values["guideline"] = dict(values.get("guideline") or {})
+        if "runtimes" in values:
+            values["runtimes"] = [values["runtimes"]] if isinstance(values["runtimes"], str) else list(values["runtimes"])
         return cls(**values)
 
 
@@ -111,22 +129,35 @@ def layer_rows(macs: MacCount) -> list[list[Any]]:
 
 
 def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileSettings | None = None,
-                     training_speed: bool = True) -> dict[str, Any]:
-    """What `settings` asks for, on the device and dtype where the model is, with `settings.threads`: latency at
-    batch 1 (`runs` timed passes), inference throughput at `batch_size` (`throughput_runs` batches), peak memory of
-    inference and, with `train`, of training (`memory/peak_mb` is training's peak when measured, else
-    inference's), and, with `train` and `training_speed`, training throughput (a fit passes False: it measured
-    its own)."""
+                     training_speed: bool = True, calibration: torch.Tensor | None = None,
+                     test_batches: Callable[[], Iterable] | None = None, keep_going: bool = False) -> dict[str, Any]:
+    """What `settings` asks for, on the device and dtype where the model is, with `settings.threads`:
+
+    - for each of `settings.runtimes`, latency at batch 1 (`runs` timed passes) and throughput at `batch_size`
+      (`lnrepro.profiling.runtimes.measure_runtime`); with `test_batches` (a function giving (images, labels)
+      batches, images as eager sees them), `test/acc_<runtime>` for every runtime but eager; `calibration`:
+      images for onnxruntime_int8 (None: `calibration_images` random ones). With `keep_going`, a runtime that
+      fails leaves `<runtime>/error` instead of its figures (a finished fit keeps its results);
+    - peak memory of inference and, with `train`, of training (`memory/peak_mb` is training's peak when
+      measured, else inference's); with `train` and `training_speed`, training throughput (a fit passes False:
+      it measured its own)."""
     settings = settings or ProfileSettings()
     batch, runs, warmup = settings.batch_size, settings.throughput_runs, min(settings.warmup, 2)
     metrics: dict[str, Any] = {}
     with torch_threads(settings.threads):
-        if settings.latency:
-            one = latency(model, input_size, runs=settings.runs, warmup=settings.warmup)
-            metrics[schema.LATENCY_MS], metrics[schema.LATENCY_P90_MS] = one.median_ms, one.p90_ms
-        if settings.throughput:
-            metrics[schema.INFER_IMGS_PER_S] = inference_throughput(
-                model, batch, input_size, runs=runs, warmup=warmup).images_per_s
+        for runtime in settings.runtimes:
+            try:
+                metrics.update(measure_runtime(
+                    runtime, model, input_size, batch_size=batch, runs=settings.runs, throughput_runs=runs,
+                    warmup=settings.warmup, calibration=calibration if calibration is not None
+                    else _random_calibration(settings.calibration_images, input_size),
+                    test_batches=test_batches() if test_batches is not None and runtime != "eager" else None))
+            except Exception as error:  # noqa: BLE001  one runtime's failure must not cost the run's other figures
+                if not keep_going:
+                    raise
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+                metrics[f"{runtime}/error"] = reason
+                log.warning("runtime %s failed, its figures are missing: %s", runtime, reason)
         if settings.train and training_speed:
             metrics[schema.TRAIN_IMGS_PER_S] = training_throughput(
                 model, batch, input_size, runs=runs, warmup=warmup).images_per_s
@@ -136,6 +167,12 @@ def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileS
                                               if settings.train else metrics[schema.MEMORY_INFER_PEAK_MB])
         metrics.update(measurement_context(model, batch, input_size))
     return metrics
+
+
+def _random_calibration(count: int, input_size: InputSize) -> torch.Tensor:
+    """Stand-in calibration images where no data is read (lnrepro-profile): int8 figures of speed are meaningful,
+    its accuracy is not (train.py and eval.py calibrate on the run's training images)."""
+    return torch.randn(count, *input_shape(input_size), generator=torch.Generator().manual_seed(0))
 
 
 def profile_model(model: nn.Module, input_size: InputSize, settings: ProfileSettings | None = None,

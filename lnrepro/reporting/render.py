@@ -19,6 +19,7 @@ from lnrepro import schema
 from lnrepro.reporting.collect import Run, load_runs
 from lnrepro.reporting.plots import scatter_plot
 from lnrepro.reporting.reference import Reference, load_reference
+from lnrepro.reporting.seeds import DEFAULT_TOLERANCE, SeedStats, group_runs, merge
 from lnrepro.utils.files import atomic_write_text
 from lnrepro.utils.tables import markdown_table
 
@@ -44,6 +45,8 @@ EXTRA = [(key, key) for key in (schema.LATENCY_P90_MS, schema.INFER_IMGS_PER_S, 
         schema.MAC_BYTES, schema.WIDTH, schema.CONV, schema.GROUPS, schema.DATA, schema.EPOCHS, *schema.CONTEXT_KEYS,
         schema.SCHEMA)]
 PLOTS = {
+    "top1_vs_deployed_latency": ("deployed_ms_per_image", "top1"),
+    "flops_vs_deployed_latency": ("flops", "deployed_ms_per_image"),
     "top1_vs_flops": ("flops", "top1"),
     "top1_vs_latency": ("infer_ms_per_image", "top1"),
     "flops_vs_latency": ("flops", "infer_ms_per_image"),
@@ -88,9 +91,22 @@ def format_value(column: str, value: float | None) -> str:
 
 @dataclass
 class ReportRow:
-    run: Run
+    run: Run  # for several seeds of one recipe: the merged run (`seeds.merge`)
     reference: dict[str, float | None] | None = None
     reference_label: str | None = None
+    seeds: SeedStats | None = None
+    tolerance: float = DEFAULT_TOLERANCE
+
+    @property
+    def verdict(self) -> str | None:
+        return self.seeds.verdict((self.reference or {}).get("top1"), self.tolerance) if self.seeds else None
+
+    def seed_cells(self) -> dict[str, Any]:
+        """The seed columns, in report.md's and report.csv's names."""
+        stats = self.seeds or SeedStats(0, None, None, None)
+        rounded = lambda value: None if value is None else round(value, 3)  # noqa: E731
+        return {"n_seeds": stats.n_seeds, "top1_mean": rounded(stats.top1_mean), "top1_std": rounded(stats.top1_std),
+                "top1_ci95": rounded(stats.top1_ci95), "verdict": self.verdict}
 
     def csv_record(self, with_reference: bool, root: Path) -> dict[str, Any]:
         record: dict[str, Any] = {"model": self.run.name, "stem": self.run.stem or ""}
@@ -101,6 +117,7 @@ class ReportRow:
             for name in FIGURES:
                 value = (self.reference or {}).get(name)
                 record[f"ref_{name}"] = "" if value is None else value
+        record.update({key: "" if value is None else value for key, value in self.seed_cells().items()})
         record["top1_split"] = self.run.top1_source or ""
         for column, key in EXTRA:
             value = self.run.metrics.get(key)
@@ -130,20 +147,23 @@ def _common_root(runs: list[Run]) -> Path:
     return Path(os.path.commonpath([str(run.path.parent) for run in runs]))
 
 
-def build_rows(runs: list[Run], reference: Reference | None) -> tuple[list[ReportRow], list[str]]:
-    """Rows in reference order (matched runs first), then the rest in path order; notes on what did not match."""
+def build_rows(runs: list[Run], reference: Reference | None, tolerance: float = DEFAULT_TOLERANCE
+               ) -> tuple[list[ReportRow], list[str]]:
+    """One row per recipe (runs that differ only in seed are one row, `seeds.merge`), in reference order (matched
+    rows first), then the rest in path order; notes on what did not match."""
     notes: list[str] = []
+    merged = [merge(group) for group in group_runs(runs)]
     if reference is None:
-        return [ReportRow(run) for run in runs], notes
+        return [ReportRow(run, seeds=stats, tolerance=tolerance) for run, stats in merged], notes
     matched, unmatched, used = [], [], set()
-    for run in runs:
+    for run, stats in merged:
         index = reference.match(run)
         if index is None:
-            unmatched.append(ReportRow(run))
+            unmatched.append(ReportRow(run, seeds=stats, tolerance=tolerance))
         else:
             used.add(index)
             row = reference.rows[index]
-            matched.append((index, ReportRow(run, reference.values(row), reference.label(row))))
+            matched.append((index, ReportRow(run, reference.values(row), reference.label(row), stats, tolerance)))
     rows = [row for _, row in sorted(matched, key=lambda item: item[0])] + unmatched
     if unmatched:
         notes.append(f"no row of {reference.path.name} for: {', '.join(r.run.name for r in unmatched)} "
@@ -168,6 +188,45 @@ def speed_cell(metrics: dict[str, Any], keys: tuple[str, ...], kind: str) -> str
     return "x".join(map(str, values[0])) if isinstance(values[0], list) else str(values[0])
 
 
+RUNTIME_ORDER = ("eager", "compiled", "onnxruntime", "onnxruntime_int8")
+
+
+def runtime_cell(metrics: dict[str, Any], runtime: str) -> str:
+    """Median latency (p90), `*` when the measurement was contended, the error's first words when it failed."""
+    value = metrics.get(schema.latency_key(runtime))
+    if value is None:
+        return "failed" if metrics.get(f"{runtime}/error") else MISSING
+    p90 = metrics.get(schema.latency_p90_key(runtime))
+    return (_significant(value) + (f" ({_significant(p90)})" if p90 is not None else "")
+            + ("*" if metrics.get(f"latency/{runtime}_contended") else ""))
+
+
+def render_runtime_table(rows: list[ReportRow]) -> list[str]:
+    """Batch-1 latency in each runtime side by side, the best runtime's speed-up over eager, and int8's top-1 drop
+    (where the run measured test accuracy in each runtime)."""
+    runtimes = [r for r in RUNTIME_ORDER
+                if any(row.run.metrics.get(schema.latency_key(r)) is not None for row in rows)]
+    if not [r for r in runtimes if r != "eager"]:
+        return []
+    cells = []
+    for row in rows:
+        metrics = row.run.metrics
+        measured = {r: metrics.get(schema.latency_key(r)) for r in runtimes}
+        measured = {r: v for r, v in measured.items() if v is not None}
+        eager = measured.get("eager")
+        best = min(measured, key=measured.get) if measured else None
+        speedup = (f"{best} x{eager / measured[best]:.1f}" if best and eager and best != "eager" else
+                   "eager" if best == "eager" else MISSING)
+        top1, int8 = metrics.get(schema.TEST_ACC), metrics.get(schema.accuracy_key("onnxruntime_int8"))
+        drop = MISSING if top1 is None or int8 is None else f"{100 * (float(top1) - float(int8)):+.2f}"
+        cells.append([row.run.name] + [runtime_cell(metrics, r) for r in runtimes] + [speedup, drop])
+    columns = ([("model", True)] + [(f"{r} ms (p90)", False) for r in runtimes]
+               + [("fastest, vs eager", False), ("int8 top-1 drop (points)", False)])
+    cpus = sorted({str(row.run.metrics.get("cpu/model")) for row in rows if row.run.metrics.get("cpu/model")})
+    return ["", "Latency per runtime (batch 1, median and p90; `*`: contended, the machine was busy"
+            + (f"; CPU: {', '.join(cpus)}" if cpus else "") + "):", "", *markdown_table(columns, cells)]
+
+
 def render_speed_table(rows: list[ReportRow]) -> list[str]:
     """Latency, throughput and memory of each run, where any run has them (the measurement context beside)."""
     if not any(row.run.metrics.get(keys[0]) is not None for row in rows for _, keys, _ in SPEED_COLUMNS[:5]):
@@ -179,15 +238,39 @@ def render_speed_table(rows: list[ReportRow]) -> list[str]:
             *markdown_table(columns, cells)]
 
 
+SEED_COLUMNS = ["n_seeds", "top1_mean", "top1_std", "top1_ci95", "verdict"]
+
+
+def render_seed_table(rows: list[ReportRow]) -> list[str]:
+    """Top-1 over seeds, where a row has several seeds or a published top-1 to be judged against."""
+    shown = [row for row in rows if row.seeds and row.seeds.n_seeds and (row.seeds.n_seeds > 1 or row.verdict)]
+    if not shown:
+        return []
+    columns = [("model", True), ("seeds", True)] + [(name, False) for name in SEED_COLUMNS] + [("published", False)]
+    cells = []
+    for row in shown:
+        values = row.seed_cells()
+        published = (row.reference or {}).get("top1")
+        cells.append([row.run.name, ",".join(map(str, row.seeds.seeds))]
+                     + [MISSING if values[name] is None else f"{values[name]:g}" if isinstance(values[name], float)
+                        else str(values[name]) for name in SEED_COLUMNS]
+                     + [MISSING if published is None else f"{published:g}"])
+    return ["", f"Top-1 (%) over seeds (runs equal but for the seed; 95% interval: Student t; verdict: |mean - "
+            f"published| <= max(ci95, {shown[0].tolerance:g}) is `reproduced`):", "", *markdown_table(columns, cells)]
+
+
 def render_markdown(report: Report, sources: list[str]) -> str:
     with_reference = report.reference is not None
     lines = ["# lnrepro report", ""]
-    lines.append(f"{len(report.rows)} run(s) from {', '.join(sources)}.")
+    runs = sum(max(row.seeds.n_seeds, 1) if row.seeds else 1 for row in report.rows)
+    lines.append(f"{runs} run(s) from {', '.join(sources)}" + (f", {len(report.rows)} rows (seeds averaged)."
+                                                                if runs != len(report.rows) else "."))
     if with_reference:
         lines.append(f"Cells read `measured / published`; published figures from `{report.reference.path.name}`, "
                      f"matched by {report.reference.how}.")
     lines.append("FLOPs = 2 x multiply-adds. ms/image: batch-1 median latency. memory: peak memory of the run. "
-                 "top-1: test split (`†`: validation, the run has no test).")
+                 "top-1: test split (`†`: validation, the run has no test; `‡`: written before true top-1, a mean of "
+                 "per-class accuracies).")
     devices = sorted({str(r.run.metrics.get(schema.DEVICE)) for r in report.rows if r.run.metrics.get(schema.DEVICE)})
     if devices:
         lines.append(f"Measured on: {', '.join(devices)}.")
@@ -199,11 +282,16 @@ def render_markdown(report: Report, sources: list[str]) -> str:
             cell = format_value(name, row.run.values[name])
             if name == "top1" and row.run.top1_source == "val":
                 cell += "†"
+            if (name == "top1" and row.run.values["top1"] is not None
+                    and row.run.metrics.get(schema.SCHEMA, 0) < schema.TRUE_TOP1_SINCE):
+                cell += "‡"
             if with_reference:
                 cell += " / " + (format_value(name, row.reference.get(name)) if row.reference else MISSING)
             cells.append(cell)
         table.append(cells)
     lines.extend(markdown_table([(header, name in ("model", "stem")) for name, header in COLUMNS], table))
+    lines.extend(render_seed_table(report.rows))
+    lines.extend(render_runtime_table(report.rows))
     lines.extend(render_speed_table(report.rows))
     if report.notes:
         lines.append("")
@@ -230,12 +318,14 @@ def write_csv(report: Report, path: Path) -> Path:
 
 def make_plots(report: Report) -> None:
     labels = {"flops": "FLOPs (2 x multiply-adds)", "top1": "top-1 accuracy (%)",
-              "infer_ms_per_image": "latency, batch 1 (ms/image)"}
+              "infer_ms_per_image": "eager PyTorch latency, batch 1 (ms/image)",
+              "deployed_ms_per_image": "ONNX Runtime latency, batch 1 (ms/image)"}
     for name, (x_key, y_key) in PLOTS.items():
         points = [(r.run.values[x_key], r.run.values[y_key], r.run.name) for r in report.rows]
         points = [p for p in points if p[0] is not None and p[1] is not None]
         if not points:
-            report.notes.append(f"plot {name} skipped: no run has both {x_key} and {y_key}")
+            if "deployed" not in name:  # runs measured without ONNX Runtime simply have no deployed plots
+                report.notes.append(f"plot {name} skipped: no run has both {x_key} and {y_key}")
             continue
         published = None
         # published points only where the x axis does not depend on the hardware (FLOPs)
@@ -246,12 +336,14 @@ def make_plots(report: Report) -> None:
                     seen[r.reference_label] = (r.reference[x_key], r.reference[y_key])
             if seen:
                 published = ([v[0] for v in seen.values()], [v[1] for v in seen.values()], list(seen))
-        title = {"top1_vs_flops": "Top-1 vs FLOPs", "top1_vs_latency": "Top-1 vs measured latency",
+        title = {"top1_vs_flops": "Top-1 vs FLOPs", "top1_vs_latency": "Top-1 vs measured latency (eager)",
+                 "top1_vs_deployed_latency": "Top-1 vs deployed latency (ONNX Runtime fp32)",
+                 "flops_vs_deployed_latency": "FLOPs vs deployed latency (ONNX Runtime fp32)",
                  "flops_vs_latency": "FLOPs vs measured latency"}[name]
         report.files[name] = scatter_plot(
             report.out_dir / f"{name}.png", [p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
             xlabel=labels[x_key], ylabel=labels[y_key], title=title, log_x=x_key == "flops",
-            pareto=name == "top1_vs_latency", published=published,
+            pareto=name in ("top1_vs_latency", "top1_vs_deployed_latency"), published=published,
         )
 
 
@@ -260,8 +352,11 @@ def make_report(
     reference: str | Path | None = None,
     out_dir: str | Path | None = None,
     plots: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Report:
     """Gather every metrics.json under `paths`; write report.md, report.csv and the plots into `out_dir`.
+    Runs that differ only in seed are one row (mean top-1 with its 95% interval and, against a published top-1,
+    a verdict within `tolerance` points: `lnrepro.reporting.seeds`).
 
     `out_dir` defaults to the directory given when there is one, else ./report. Raises `ReportError` (one line)
     when no metrics.json is found.
@@ -272,7 +367,7 @@ def make_report(
         out_dir = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path("report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, notes = build_rows(runs, ref)
+    rows, notes = build_rows(runs, ref, tolerance)
     report = Report(rows=rows, reference=ref, out_dir=out, notes=notes)
     if ref is not None and ref.conv_only and any(r.run.values["params"] is None for r in rows):
         report.notes.append("params/FLOPs need `params_conv`/`flops_conv` in metrics.json (the seed table counts "

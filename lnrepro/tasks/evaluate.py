@@ -8,10 +8,12 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro import schema
+from lnrepro.callbacks.efficiency_profile import publish
+from lnrepro.profiling import ProfileSettings
 from lnrepro.runs import load_run
 from lnrepro.schema import write_metrics
 from lnrepro.tasks.common import hydra_config, log
-from lnrepro.tasks.train import run_facts
+from lnrepro.tasks.train import run_facts, runtime_figures
 from lnrepro.training import ClassificationModule
 from lnrepro.utils.instantiate import close_loggers, instantiate, instantiate_loggers
 from lnrepro.utils.tables import print_table
@@ -39,6 +41,8 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    settings = ProfileSettings.from_config(cfg.get("profile"))
+    settings.check_runtimes()
     net, run_cfg = load_run(cfg.ckpt_path, overrides=command_line_overrides(cfg),
                             trusted=bool(cfg.get("trust_checkpoint")))
     module = ClassificationModule(net=net, optimizer=None, scheduler=None, num_classes=run_cfg.data.num_classes)
@@ -49,9 +53,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, enable_checkpointing=False)
     try:
         trainer.test(module, datamodule=datamodule)
+        metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        if trainer.is_global_zero:  # the accuracy in each deployment runtime beside eager's
+            figures = runtime_figures(settings, net, int(run_cfg.data.image_size), datamodule, tested=True)
+            publish(trainer, figures, save=True)
+            metrics.update(figures)
     finally:
         close_loggers(loggers)
-    metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
     log.info("evaluated %s on the test split", cfg.ckpt_path)
     print_metrics(metrics, title=f"{run_cfg.model.name} (test split)")
     metrics.update(run_facts(run_cfg))

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning.pytorch as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro import schema
+from lnrepro.errors import UserInputError
+from lnrepro.callbacks.efficiency_profile import publish
+from lnrepro.profiling import ProfileSettings, measured_metrics
 from lnrepro.schema import write_metrics
 from lnrepro.tasks.common import hydra_multirun_name, log
 from lnrepro.training import ClassificationModule
+from lnrepro.training import distributed
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
-from lnrepro.utils.instantiate import close_loggers, instantiate, instantiate_callbacks, instantiate_loggers
+from lnrepro.utils.instantiate import (close_loggers, instantiate, instantiate_callbacks, instantiate_loggers,
+                                       logger_callbacks)
 from lnrepro.utils.rich_config import print_config_tree
 
 
@@ -47,13 +54,14 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: ClassificationMod
     metrics: dict[str, Any] = {}
     if cfg.get("train", True):
         log.info("training %s", cfg.model.name)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"),
+                    weights_only=not cfg.get("trust_checkpoint", False))
         metrics.update(trainer.callback_metrics)
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("no best checkpoint was saved: testing the current weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)  # our own file
         metrics.update(trainer.callback_metrics)
         metrics[schema.TEST_CKPT_PATH] = best or None
 
@@ -63,32 +71,112 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: ClassificationMod
             metrics.update(callback.metrics)
     metrics.update(run_facts(cfg))
     metrics.update({schema.TASK: "train", schema.EPOCHS: trainer.current_epoch,
-                    schema.GLOBAL_STEP: trainer.global_step})
+                    schema.GLOBAL_STEP: trainer.global_step,
+                    schema.CONFIG_DIGEST: schema.config_digest(OmegaConf.to_container(cfg, resolve=False))})
     return metrics
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """bf16 on a CPU without bf16 units (AVX512-BF16 or AMX) is emulated, 10-30x slower than fp32: refused unless
+    `force_precision=true`."""
+    precision = str(cfg.trainer.get("precision", ""))
+    on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    if precision.startswith("bf16") and on_cpu and not cfg.get("force_precision", False):
+        from lnrepro.profiling.runtimes import cpu_features
+
+        cpu = cpu_features()
+        if not cpu.get("bf16"):
+            raise UserInputError(f"trainer.precision={precision} on this CPU ({cpu.get('model')}) has no bf16 units "
+                                 f"and runs 10-30x slower than fp32: use trainer.precision=32-true, or "
+                                 f"force_precision=true to run it anyway")
+
+
+def data_batches(datamodule: pl.LightningDataModule, loader, device: torch.device) -> Iterator[tuple]:
+    """(images, labels) of `loader` exactly as the network sees them in evaluation: moved to `device` and through
+    the data module's on-device step (normalisation, no augmentation outside training)."""
+    for batch in loader:
+        yield datamodule.on_after_batch_transfer(datamodule.transfer_batch_to_device(batch, device, 0), 0)
+
+
+def calibration_images(datamodule: pl.LightningDataModule, count: int, device: torch.device) -> torch.Tensor:
+    """The first `count` training images as the network sees them in evaluation (int8's calibration set)."""
+    if getattr(datamodule, "train_set", None) is None:
+        datamodule.setup("fit")
+    # A plain loader in file order: the training loader's shuffling and resumable position are not wanted here.
+    loader = torch.utils.data.DataLoader(datamodule.train_set, batch_size=min(count, 256),
+                                         collate_fn=getattr(datamodule, "collate_fn", None))
+    taken, images = 0, []
+    for batch_images, _ in data_batches(datamodule, loader, device):
+        images.append(batch_images[: count - taken])
+        taken += len(images[-1])
+        if taken >= count:
+            return torch.cat(images)
+    raise UserInputError(f"profile.calibration_images={count} is more than the {taken} training images: use at "
+                         f"most {taken}")
+
+
+def runtime_figures(settings: ProfileSettings, net: torch.nn.Module, image_size: int,
+                    datamodule: pl.LightningDataModule, tested: bool) -> dict[str, Any]:
+    """Latency and throughput of the trained network in each of `profile.runtimes`, calibrated on the run's
+    training images, and with `tested`, `test/acc_<runtime>` on the test split (the deployed accuracy beside
+    `test/acc`). A runtime that fails leaves `<runtime>/error`: the fit's results are kept whatever happens."""
+    if not settings.end_of_fit or not settings.runtimes:
+        return {}
+    device = next(net.parameters()).device
+    calibration = None
+    try:
+        if "onnxruntime_int8" in settings.runtimes:
+            calibration = calibration_images(datamodule, settings.calibration_images, device)
+        test_batches = (lambda: data_batches(datamodule, datamodule.test_dataloader(), device)) if tested else None
+        return measured_metrics(net, (3, image_size, image_size), dataclasses.replace(settings, train=False,
+                                memory=False), training_speed=False, calibration=calibration,
+                                test_batches=test_batches, keep_going=True)
+    except UserInputError as error:
+        log.warning("runtime figures are missing: %s", error)
+        return {"onnxruntime_int8/error": str(error)}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test the best checkpoint, write `metrics.json` into the run directory; return the metrics."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("print_config", True):
+    if cfg.get("print_config", True) and distributed.is_rank_zero():  # once per run, not once per DDP process
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    resumed_from = distributed.resume_from_own_checkpoint(cfg)  # a requeued job continues from its last.ckpt
 
     # Everything that can be wrong with the request fails here, before any data is read.
+    settings = ProfileSettings.from_config(cfg.get("profile"))
+    if settings.end_of_fit:
+        settings.check_runtimes()
+    check_precision(cfg)
     module = build_module(cfg)
-    if cfg.get("ckpt_path"):
-        check_matches(load_checkpoint(cfg.ckpt_path), module, cfg.ckpt_path)
+    checkpoint = (load_checkpoint(cfg.ckpt_path, trusted=bool(cfg.get("trust_checkpoint")))
+                  if cfg.get("ckpt_path") else None)
+    if checkpoint is not None:
+        check_matches(checkpoint, module, cfg.ckpt_path)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"), multirun_group=hydra_multirun_name())
+    loggers = instantiate_loggers(cfg.get("logger"), multirun_group=hydra_multirun_name(), checkpoint=checkpoint)
+    del checkpoint  # fit reads the file again: no second copy of the weights in memory meanwhile
+    callbacks += logger_callbacks(loggers)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # data.batch_size is the global batch: each process gets its share
+    scale = distributed.set_up_processes(trainer, datamodule, in_multirun=hydra_multirun_name() is not None)
 
     try:
         metrics = fit_and_test(cfg, trainer, module, datamodule)
+        metrics.update(scale)
+        metrics[schema.RESUMED_FROM] = resumed_from
+        if trainer.is_global_zero:
+            write_metrics(output_dir, metrics)  # the fit's results are safe before anything else is measured
+            figures = runtime_figures(settings, module.net, int(cfg.data.image_size), datamodule,
+                                      tested=bool(cfg.get("test", True)))
+            if figures:
+                publish(trainer, figures, save=True)
+                metrics.update(figures)
+                write_metrics(output_dir, metrics)
     finally:
         close_loggers(loggers)
-    if trainer.is_global_zero:
-        write_metrics(output_dir, metrics)
     return metrics

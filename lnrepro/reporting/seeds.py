@@ -1,0 +1,69 @@
+"""Several seeds of one recipe as one report row: mean top-1, its spread, a 95% interval and a verdict.
+
+Runs belong together when their `config_digest` (lnrepro.schema: the config without seed, paths, loggers and
+profile settings) is equal. The interval is Student's t half-width, t(0.975, n-1) x s / sqrt(n), with the sample
+standard deviation s; it is empty with one seed. The verdict compares the mean with a published figure:
+`reproduced` when |mean - published| <= max(ci95, tolerance), else `below` or `above`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, replace
+
+from lnrepro import schema
+from lnrepro.reporting.collect import Run
+
+DEFAULT_TOLERANCE = 1.0  # points of top-1: what two careful reproductions of one recipe commonly differ by
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    n_seeds: int
+    top1_mean: float | None
+    top1_std: float | None  # sample standard deviation, None with fewer than two seeds
+    top1_ci95: float | None  # Student t half-width, None with fewer than two seeds
+    seeds: tuple = ()
+
+    def verdict(self, published: float | None, tolerance: float = DEFAULT_TOLERANCE) -> str | None:
+        if published is None or self.top1_mean is None:
+            return None
+        if abs(self.top1_mean - published) <= max(self.top1_ci95 or 0.0, tolerance):
+            return "reproduced"
+        return "below" if self.top1_mean < published else "above"
+
+
+def seed_stats(top1: list[float], seeds: tuple = ()) -> SeedStats:
+    if not top1:
+        return SeedStats(0, None, None, None, seeds)
+    mean = statistics.fmean(top1)
+    if len(top1) < 2:
+        return SeedStats(1, mean, None, None, seeds)
+    from scipy.stats import t
+
+    std = statistics.stdev(top1)
+    return SeedStats(len(top1), mean, std, float(t.ppf(0.975, len(top1) - 1)) * std / math.sqrt(len(top1)), seeds)
+
+
+def group_runs(runs: list[Run]) -> list[list[Run]]:
+    """Runs with equal `config_digest`, in the order their first run comes; a run without one stands alone."""
+    groups: dict[object, list[Run]] = {}
+    for index, run in enumerate(runs):
+        groups.setdefault(run.metrics.get(schema.CONFIG_DIGEST) or ("alone", index), []).append(run)
+    return list(groups.values())
+
+
+def merge(group: list[Run]) -> tuple[Run, SeedStats]:
+    """One row's run for a group: top-1 is the mean over its seeds, every other figure the median (counts are
+    equal across seeds; timings vary); the first run names it."""
+    top1 = [run.values["top1"] for run in group if run.values.get("top1") is not None]
+    stats = seed_stats(top1, tuple(run.metrics.get(schema.SEED) for run in group))
+    if len(group) == 1:
+        return group[0], stats
+    values = {}
+    for name, value in group[0].values.items():
+        present = [run.values[name] for run in group if run.values.get(name) is not None]
+        values[name] = statistics.median(present) if present else None
+    values["top1"] = stats.top1_mean
+    return replace(group[0], values=values), stats

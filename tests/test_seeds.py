@@ -1,0 +1,58 @@
+"""Several seeds of one recipe are one report row: n_seeds, mean, sample std, Student-t 95% interval, verdict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from lnrepro.reporting import make_report
+from lnrepro.reporting.seeds import seed_stats
+
+
+def write_run(folder, seed, top1, digest="abc123", width=0.5):
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "model": "shufflenet_v2", "width": width, "data": "cifar10", "stem": "cifar", "seed": seed,
+        "config_digest": digest, "test/acc": top1, "params": 352042, "flops": 21804032, "latency_ms": 1.0 + seed,
+        "schema_version": 2}))
+
+
+def test_seed_stats_match_the_textbook_formulas():
+    stats = seed_stats([80.0, 82.0, 84.0])
+    assert stats.n_seeds == 3 and stats.top1_mean == pytest.approx(82.0)
+    assert stats.top1_std == pytest.approx(2.0)  # sample standard deviation
+    assert stats.top1_ci95 == pytest.approx(4.302653 * 2.0 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) = 4.3027
+    single = seed_stats([80.0])
+    assert single.n_seeds == 1 and single.top1_std is None and single.top1_ci95 is None
+
+
+@pytest.mark.parametrize("published, verdict", [(83.0, "reproduced"), (95.0, "below"), (70.0, "above")])
+def test_runs_equal_but_for_the_seed_are_one_row_with_a_verdict(tmp_path, published, verdict):
+    for seed, top1 in enumerate([0.80, 0.82, 0.84]):
+        write_run(tmp_path / "sweep" / str(seed), seed, top1)
+    write_run(tmp_path / "sweep" / "3", 0, 0.70, digest="other", width=1.0)  # another recipe: its own row
+    reference = tmp_path / "published.csv"
+    reference.write_text(f"model,width,top1\nshufflenet_v2,0.5,{published}\nshufflenet_v2,1.0,69.0\n")
+    report = make_report([tmp_path / "sweep"], reference=reference, out_dir=tmp_path / "out", plots=False)
+    assert len(report.rows) == 2
+    with open(tmp_path / "out" / "report.csv", newline="") as file:
+        rows = {row["model"]: row for row in csv.DictReader(file)}
+    grouped, alone = rows["shufflenet_v2_x0.5"], rows["shufflenet_v2"]
+    assert grouped["n_seeds"] == "3" and float(grouped["top1_mean"]) == pytest.approx(82.0)
+    assert float(grouped["top1_std"]) == pytest.approx(2.0) and grouped["verdict"] == verdict
+    assert alone["n_seeds"] == "1" and alone["top1_ci95"] == "" and alone["verdict"] == "reproduced"  # 70 vs 69
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| n_seeds | top1_mean | top1_std | top1_ci95 | verdict |" in markdown.replace("  ", " ")
+    assert f"| {verdict} |" in markdown
+
+
+def test_with_a_published_figure_one_seed_is_judged_against_the_tolerance(tmp_path):
+    write_run(tmp_path / "run", 0, 0.895)
+    reference = tmp_path / "published.csv"
+    reference.write_text("model,width,top1\nshufflenet_v2,0.5,90.13\n")
+    strict = make_report([tmp_path / "run"], reference=reference, out_dir=tmp_path / "a", plots=False, tolerance=0.5)
+    loose = make_report([tmp_path / "run"], reference=reference, out_dir=tmp_path / "b", plots=False, tolerance=1.0)
+    assert strict.rows[0].verdict == "below" and loose.rows[0].verdict == "reproduced"
