@@ -31,7 +31,11 @@ class LoadedRun(NamedTuple):
 
 
 def _is_plain(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, str):
+        # `${...}` would become an OmegaConf interpolation once merged: `${oc.create:{_target_: ...}}` is code, and
+        # `${oc.env:...}` reads the environment. Runs store their values resolved, so a real checkpoint has none.
+        return "${" not in value
+    if value is None or isinstance(value, (bool, int, float)):
         return True
     return isinstance(value, list) and all(_is_plain(item) for item in value)
 
@@ -55,8 +59,9 @@ def _plain_values(stored: Any, section: str, path: str | Path, allowed: set[str]
             raise UserInputError(f"checkpoint {path} stores {section}.{key}, which lnrepro's {section} config does not "
                                  f"have (known: {', '.join(sorted(allowed))})")
         if not _is_plain(value):
-            raise UserInputError(f"checkpoint {path} stores {section}.{key} as {type(value).__name__}; only numbers, "
-                                 f"strings, booleans and lists of them are read")
+            raise UserInputError(f"checkpoint {path} stores {section}.{key} as a {type(value).__name__} that is not a "
+                                 f"plain value; only numbers, strings without `${{`, booleans and lists of them "
+                                 f"are read")
         values[key] = value
     return values
 

@@ -56,6 +56,10 @@ def tampered(checkpoint: Path, tmp_path: Path, change) -> Path:
     ("model", lambda m: m.update(activation={"_target_": "tests.test_load_run.record_call"}), "does not have"),
     ("model", lambda m: m.update(width={"_target_": "tests.test_load_run.record_call"}), "only numbers"),
     ("data", lambda d: d.update(name="stolen"), "not one of lnrepro's data configs"),
+    # an interpolation would be resolved by OmegaConf: oc.create builds a `_target_` node instantiate would call
+    ("data", lambda d: d.update(batch_size="${oc.create:{_target_: tests.test_load_run.record_call}}"),
+     "not a plain"),
+    ("model", lambda m: m.update(dropout="${oc.env:HOME}"), "not a plain"),
 ])
 def test_a_checkpoint_naming_foreign_code_or_options_is_refused_and_nothing_is_called(
         trained_checkpoint, tmp_path, section, change, message):

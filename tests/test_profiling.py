@@ -251,3 +251,19 @@ def test_wandb_offline_run_holds_the_profile(make_train_cfg):
     assert sum(row[2] for row in rows.values()) == run.summary["macs"]
     conv = next(row for row in content["data"] if row[1] == "Conv2d")
     assert conv[3] == 2 * conv[2] and conv[6] > 0 and conv[5].count("x") == 2
+
+
+def test_profile_task_shows_its_runtimes_on_a_progress_bar(tmp_path, monkeypatch):
+    import io
+
+    import rich
+    from rich.console import Console
+
+    from lnrepro.tasks.profile import profile
+
+    screen = io.StringIO()
+    monkeypatch.setattr(rich, "_console", Console(file=screen, force_terminal=True, width=120))
+    profile(compose_config("profile", tmp_path, ["model=shufflenet_v2", "model.width=0.25", *PROFILE_FAST,
+                                                  "profile.runtimes=[eager,onnxruntime]"]))
+    drawn = screen.getvalue()
+    assert "shufflenet_v2: eager" in drawn and "shufflenet_v2: onnxruntime" in drawn and "2/2" in drawn

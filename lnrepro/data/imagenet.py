@@ -216,5 +216,7 @@ class ImageFolderDataModule(SplitDataModule):
         if self.subset is not None:
             train_index = train_index[: self.subset]
         self.train_set = Subset(train_view, train_index.tolist())
+        # the training images with the evaluation transform: what int8 calibrates on (no augmentation)
+        self.calibration_set = Subset(eval_view, train_index.tolist())
         self.val_set = Subset(eval_view, permutation[: self.val_size].sort().values.tolist())
         self.test_set = test_view

@@ -406,16 +406,10 @@ def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
 def profile_guidelines(settings: ProfileSettings, output_dir: Path) -> dict[str, Any]:
     """ShuffleNet V2's four guideline benchmarks (conf/experiment/shufflenetv2_guidelines.yaml): one table each,
     printed and written to guidelines.md and guidelines.csv in the run directory; returns {guideline: rows}."""
-    import rich
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from lnrepro.utils.progress import measurement_progress
 
-    # One transient bar over every timing (rows x rounds of each table), on a terminal only. It redraws when a
-    # timing ends, not from a refresh thread, so that it takes no CPU from the networks being timed.
-    console = rich.get_console()
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console, transient=True, auto_refresh=False,
-                   disable=not console.is_terminal)
+    # One transient bar over every timing (rows x rounds of each table), on a terminal only.
+    bar = measurement_progress()
     task = bar.add_task("", total=None)
     started: set[str] = set()
 

@@ -56,7 +56,8 @@ class ProfileSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise UserInputError(f"profile.{name}={value!r} is not possible: use an integer >= {least}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):
             raise UserInputError(f"profile.threads={self.threads!r} is not possible: use null or an integer >= 1")
         unknown = [runtime for runtime in self.runtimes if runtime not in RUNTIMES]
         if unknown:
@@ -85,7 +86,8 @@ class ProfileSettings:
         values["guidelines"] = list(values["guidelines"]) if values.get("guidelines") else None
         values["guideline"] = dict(values.get("guideline") or {})
         if "runtimes" in values:
-            values["runtimes"] = [values["runtimes"]] if isinstance(values["runtimes"], str) else list(values["runtimes"])
+            runtimes = values["runtimes"]
+            values["runtimes"] = [] if runtimes is None else [runtimes] if isinstance(runtimes, str) else list(runtimes)
         return cls(**values)
 
 
@@ -130,14 +132,16 @@ def layer_rows(macs: MacCount) -> list[list[Any]]:
 
 def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileSettings | None = None,
                      training_speed: bool = True, calibration: torch.Tensor | None = None,
-                     test_batches: Callable[[], Iterable] | None = None, keep_going: bool = False) -> dict[str, Any]:
+                     test_batches: Callable[[], Iterable] | None = None, keep_going: bool = False,
+                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """What `settings` asks for, on the device and dtype where the model is, with `settings.threads`:
 
     - for each of `settings.runtimes`, latency at batch 1 (`runs` timed passes) and throughput at `batch_size`
       (`lnrepro.profiling.runtimes.measure_runtime`); with `test_batches` (a function giving (images, labels)
       batches, images as eager sees them), `test/acc_<runtime>` for every runtime but eager; `calibration`:
       images for onnxruntime_int8 (None: `calibration_images` random ones). With `keep_going`, a runtime that
-      fails leaves `<runtime>/error` instead of its figures (a finished fit keeps its results);
+      fails leaves `<runtime>/error` instead of its figures (a finished fit keeps its results); `progress(runtime,
+      done, total)` is called as each runtime starts and once more at the end;
     - peak memory of inference and, with `train`, of training (`memory/peak_mb` is training's peak when
       measured, else inference's); with `train` and `training_speed`, training throughput (a fit passes False:
       it measured its own)."""
@@ -145,7 +149,9 @@ def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileS
     batch, runs, warmup = settings.batch_size, settings.throughput_runs, min(settings.warmup, 2)
     metrics: dict[str, Any] = {}
     with torch_threads(settings.threads):
-        for runtime in settings.runtimes:
+        for done, runtime in enumerate(settings.runtimes):
+            if progress is not None:
+                progress(runtime, done, len(settings.runtimes))
             try:
                 metrics.update(measure_runtime(
                     runtime, model, input_size, batch_size=batch, runs=settings.runs, throughput_runs=runs,
@@ -158,6 +164,8 @@ def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileS
                 reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
                 metrics[f"{runtime}/error"] = reason
                 log.warning("runtime %s failed, its figures are missing: %s", runtime, reason)
+        if progress is not None:
+            progress("done", len(settings.runtimes), len(settings.runtimes))
         if settings.train and training_speed:
             metrics[schema.TRAIN_IMGS_PER_S] = training_throughput(
                 model, batch, input_size, runs=runs, warmup=warmup).images_per_s
@@ -176,6 +184,8 @@ def _random_calibration(count: int, input_size: InputSize) -> torch.Tensor:
 
 
 def profile_model(model: nn.Module, input_size: InputSize, settings: ProfileSettings | None = None,
-                  macs: MacCount | None = None) -> dict[str, Any]:
+                  macs: MacCount | None = None, progress: Callable[[str, int, int], None] | None = None
+                  ) -> dict[str, Any]:
     """`static_metrics` (with `macs` when the caller has counted them) and `measured_metrics` together."""
-    return {**static_metrics(model, input_size, macs=macs), **measured_metrics(model, input_size, settings)}
+    return {**static_metrics(model, input_size, macs=macs),
+            **measured_metrics(model, input_size, settings, progress=progress)}

@@ -1,7 +1,7 @@
 """One network in each deployment runtime: eager PyTorch, `torch.compile`, ONNX Runtime fp32 and ONNX Runtime int8.
 
 A lightweight CNN's speed depends on what runs it as much as on its FLOPs: at batch 1 on a CPU, eager PyTorch time
-is mostly framework overhead, which compilation and ONNX Runtime remove (see /work/shared/FACTS.md). This module
+is mostly framework overhead, which compilation and ONNX Runtime remove (docs/RESULTS.md). This module
 measures any `nn.Module`, trained or not, in each of `RUNTIMES` the same way:
 
 - `prepare(runtime, model, input_size)` builds a `Runner`: a callable from a float NCHW batch (normalised exactly

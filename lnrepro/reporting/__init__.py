@@ -1,6 +1,6 @@
 """Reports over finished runs: tables in the seed table's column order, published figures side by side, plots.
 
-`python report.py DIR... [--reference CSV] [--out DIR]`; from Python, `make_report([...])`.
+`lnrepro-report DIR... [--reference NAME|CSV] [--out DIR]`; from Python, `make_report([...])`.
 """
 
 from lnrepro.reporting.collect import ReportError, Run, find_metrics_files, load_runs

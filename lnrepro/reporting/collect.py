@@ -37,7 +37,7 @@ def find_metrics_files(paths: list[str | Path]) -> list[Path]:
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
         where = ", ".join(str(p) for p in paths) or "(no directory given)"
-        raise ReportError(f"no metrics.json found under {where}: point report.py at a run directory "
+        raise ReportError(f"no metrics.json found under {where}: point lnrepro-report at a run directory "
                           f"(logs/train/runs/<time>) or a multirun (logs/train/multiruns/<time>) that has finished")
     return unique
 

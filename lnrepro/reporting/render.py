@@ -2,7 +2,7 @@
 
 Columns (the seed table's order): model (row name), stem, params, FLOPs, train s/epoch, val s, ms/image, memory,
 top-1. Sources in metrics.json: `params` (`params_conv` with the seed table), `flops` (`flops_conv`; FLOPs = 2 x
-multiply-adds), `train/epoch_s`, `val/epoch_s`, `latency_ms` (batch-1 median), `memory/peak_mb`, `test/acc`
+multiply-adds), `train/epoch_s`, `val/epoch_s`, `latency/eager_ms` (batch-1 median), `memory/peak_mb`, `test/acc`
 (`val/acc_best` when a run has no test, marked with a dagger). A missing value is "-".
 """
 

@@ -15,6 +15,7 @@ from lnrepro.schema import write_metrics
 from lnrepro.tasks.common import log
 from lnrepro.tasks.train import run_facts
 from lnrepro.utils.instantiate import instantiate
+from lnrepro.utils.progress import measurement_progress
 from lnrepro.utils.tables import print_table
 
 # (column title, metrics key, format); the order of the seed table where it has the column.
@@ -126,7 +127,13 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     log.info("profiling %s on %s, input %s", cfg.model.name, settings.device, input_size)
     macs = count_macs(net, input_size)  # once, for the totals and the per-layer table
     settings.check_runtimes(settings.device)
-    metrics = profile_model(net, input_size, settings, macs=macs)
+    with measurement_progress() as bar:  # compiling and quantising take minutes on small CPUs
+        task = bar.add_task("", total=len(settings.runtimes))
+
+        def progress(runtime: str, done: int, total: int) -> None:
+            bar.update(task, description=f"{cfg.model.name}: {runtime}", completed=done, refresh=True)
+
+        metrics = profile_model(net, input_size, settings, macs=macs, progress=progress)
     metrics.update(run_facts(cfg), task="profile")
     if settings.layers:
         print_layers(macs)
