@@ -111,10 +111,22 @@ class WandbLogger(_LightningWandbLogger):
             wandb.teardown()
             _forget_unreachable_server()
             self._wandb_init["mode"] = "offline"  # not `self._offline`: Lightning would set WANDB_MODE for the process
-            run = _LightningWandbLogger.experiment.fget(self)
+            run = self._start_offline(wandb)
             log.warning("W&B could not start online (%s; after %.0f s): run %s goes on offline; upload it later with "
                         "`wandb sync %s`", _first_line(error), waited, run.id, Path(run.dir).parent)
             return run
+
+    def _start_offline(self, wandb, tries: int = 6):
+        """The same run offline. On a busy machine W&B's service may still hold the failed attempt's run id for a
+        few seconds after `teardown` ("run ID is in use"): try again, a bounded number of times."""
+        for attempt in range(tries):
+            try:
+                return _LightningWandbLogger.experiment.fget(self)
+            except wandb.errors.Error as error:
+                if "in use" not in str(error) or attempt == tries - 1:
+                    raise
+                wandb.teardown()
+                time.sleep(0.5 * (attempt + 1))
 
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:

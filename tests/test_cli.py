@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import ROOT
 
 QUICK = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16", "data.batch_size=16",
+         "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
          "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
          "~callbacks.rich_progress_bar", "print_config=false", "model.width=0.5"]
 
@@ -135,3 +136,13 @@ def test_runs_started_at_the_same_moment_get_their_own_directories(tmp_path):
     written = sorted(json.loads(path.read_text())["seed"] for path in tmp_path.rglob("metrics.json"))
     assert written == [0, 1, 2, 3, 10, 11]
     assert len(list(tmp_path.glob("train/runs/*"))) == 4 and len(list(tmp_path.glob("train/multiruns/*"))) == 2
+
+
+@pytest.mark.parametrize("override, named", [("profile.calibration_images=1000", "more than the 32 training images"),
+                                             ("profile.calibration_images=0", "profile.calibration_images=0"),
+                                             ("profile.runtimes=[eager,tflite]", "unknown runtime 'tflite'")])
+def test_bad_runtime_settings_are_refused_before_training(tmp_path, override, named):
+    result = run_script("train.py", *QUICK, override, log_dir=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert named in result.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing was trained

@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import ROOT
 
 TINY_TRAINING = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16",
+                 "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
                  "data.batch_size=16", "model.width=0.25", "trainer.max_epochs=1", "trainer.accelerator=cpu",
                  "trainer.enable_progress_bar=false", "~callbacks.rich_progress_bar", "print_config=false",
                  "profile.runs=2", "profile.throughput_runs=1", "profile.warmup=0", "profile.batch_size=4"]

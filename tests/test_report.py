@@ -253,6 +253,7 @@ def test_report_plots_and_table_go_to_wandb_offline(seed_multirun, tmp_path, mon
 def test_seed_preset_multirun_then_report_gives_nine_matched_rows(tmp_path):
     """`train.py -m experiment=ghost_vs_dwpw_cifar10` on tiny synthetic data, then report.py beside the seed table."""
     quick = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16", "data.batch_size=16",
+             "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
              "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
              "trainer.enable_model_summary=false", "~callbacks.rich_progress_bar", "print_config=false"]
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}

@@ -18,6 +18,7 @@ import torch
 from tests.conftest import ROOT
 
 QUICK = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16", "data.batch_size=16",
+         "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
          "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
          "~callbacks.rich_progress_bar", "print_config=false", "profile.end_of_fit=false", "model.width=0.25",
          "data.image_size=16", "trainer.enable_model_summary=false"]

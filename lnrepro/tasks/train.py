@@ -76,6 +76,23 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: ClassificationMod
     return metrics
 
 
+def calibration_source(datamodule: pl.LightningDataModule):
+    """The training images int8 calibrates on: `calibration_set` (the training images with the evaluation
+    transform) where the data module augments on the CPU, else its training set."""
+    if getattr(datamodule, "train_set", None) is None:
+        datamodule.setup("fit")  # our data modules set up once: fit will not read the data again
+    return getattr(datamodule, "calibration_set", None) or datamodule.train_set
+
+
+def check_calibration(settings: ProfileSettings, datamodule: pl.LightningDataModule) -> None:
+    """A calibration set larger than the training data is refused before anything is trained."""
+    if settings.end_of_fit and "onnxruntime_int8" in settings.runtimes and hasattr(datamodule, "train_set"):
+        available = len(calibration_source(datamodule))
+        if settings.calibration_images > available:
+            raise UserInputError(f"profile.calibration_images={settings.calibration_images} is more than the "
+                                 f"{available} training images: use at most {available}")
+
+
 def check_precision(cfg: DictConfig) -> None:
     """bf16 on a CPU without bf16 units (AVX512-BF16 or AMX) is emulated, 10-30x slower than fp32: refused unless
     `force_precision=true`."""
@@ -102,9 +119,7 @@ def calibration_images(datamodule: pl.LightningDataModule, count: int, device: t
     """`count` training images drawn at random (seeded) as the network sees them in evaluation: int8's
     calibration set. Data modules whose training set is augmented on the CPU offer `calibration_set`, the same
     images with the evaluation transform; in-memory ones augment on the device only while training."""
-    if getattr(datamodule, "train_set", None) is None:
-        datamodule.setup("fit")
-    images = getattr(datamodule, "calibration_set", None) or datamodule.train_set
+    images = calibration_source(datamodule)
     if count > len(images):
         raise UserInputError(f"profile.calibration_images={count} is more than the {len(images)} training images: "
                              f"use at most {len(images)}")
@@ -161,6 +176,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if checkpoint is not None:
         check_matches(checkpoint, module, cfg.ckpt_path)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    check_calibration(settings, datamodule)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"), multirun_group=hydra_multirun_name(), checkpoint=checkpoint)
     del checkpoint  # fit reads the file again: no second copy of the weights in memory meanwhile
