@@ -274,11 +274,11 @@ def garbage(path: Path) -> Path:
 
 
 def imagefolder(root: Path, **overrides):
-    from lnrepro.data.imagenet import ImageFolderDataModule
+    """test_data's folder data module, at this file's smaller tree (2 classes, 16-pixel crops)."""
+    from tests.test_data import imagefolder as imagefolder_of_test_data
 
-    kwargs = dict(root=str(root), batch_size=2, num_workers=0, val_size=2, train_crop=16, eval_resize=18,
-                  eval_crop=16, num_classes=2, pin_memory=False)
-    return ImageFolderDataModule(**{**kwargs, **overrides})
+    return imagefolder_of_test_data(root, **{**dict(batch_size=2, val_size=2, train_crop=16, eval_resize=18,
+                                                   eval_crop=16, num_classes=2), **overrides})
 
 
 def test_unreadable_image_is_named_in_one_line(small_tree):
