@@ -107,7 +107,10 @@ class WandbLogger(_LightningWandbLogger):
             return _LightningWandbLogger.experiment.fget(self)
         except (wandb.errors.Error, TimeoutError) as error:
             waited = time.monotonic() - start
-            # The failed attempt still holds the run id in W&B's service process ("run ID is in use"): end it.
+            # The failed attempt still holds the run id in W&B's service process ("run ID is in use"): end it. A
+            # service inherited through WANDB_SERVICE (a parent process that used W&B, such as a test runner or a
+            # notebook) would outlive teardown: this process starts its own.
+            os.environ.pop("WANDB_SERVICE", None)
             wandb.teardown()
             _forget_unreachable_server()
             self._wandb_init["mode"] = "offline"  # not `self._offline`: Lightning would set WANDB_MODE for the process
@@ -122,7 +125,7 @@ class WandbLogger(_LightningWandbLogger):
         for attempt in range(tries):
             try:
                 return _LightningWandbLogger.experiment.fget(self)
-            except wandb.errors.Error as error:
+            except Exception as error:  # wandb.errors.Error, or the service's ServerResponseError
                 if "in use" not in str(error) or attempt == tries - 1:
                     raise
                 wandb.teardown()
