@@ -26,16 +26,9 @@ from lnrepro.data import cifar10
 from lnrepro.data.cifar10 import FOLDER, LOCK_FILE, TEST_FILES, TRAIN_FILES, CIFAR10DataModule, load_batch
 from lnrepro.errors import UserInputError
 from tests.conftest import CONF, SHARED_CIFAR10, write_fake_cifar10
+from tests.test_data import cifar
 
 ALL_FILES = (*TRAIN_FILES, *TEST_FILES, "batches.meta")
-
-
-def cifar(root: Path, **overrides) -> CIFAR10DataModule:
-    kwargs = dict(root=str(root), download=False, verify_checksums=False, batch_size=16, val_size=50,
-                  pin_memory=False)
-    datamodule = CIFAR10DataModule(**{**kwargs, **overrides})
-    datamodule.setup()
-    return datamodule
 
 
 def assert_same(loaded, reference) -> None:
