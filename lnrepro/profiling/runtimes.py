@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import os
 import platform
 import re
@@ -40,7 +41,7 @@ from lnrepro.errors import UserInputError
 from lnrepro.profiling.context import (InputSize, input_shape, model_device, model_dtype, percentile,
                                        random_input, synchronize)
 from lnrepro.profiling.counts import evaluation_mode
-from lnrepro.profiling.timing import _timed
+from lnrepro.profiling.timing import time_calls
 
 RUNTIMES = ("eager", "compiled", "onnxruntime", "onnxruntime_int8")
 
@@ -353,6 +354,8 @@ def _quantize(source: Path, target: Path, calibration: torch.Tensor, reduce_rang
             return None if batch is None else {"images": batch.contiguous().numpy()}
 
     processed = target.with_name(target.stem + ".pre.onnx")
+    # its INFO line ("Performing symbolic shape inference...") is progress chatter in every run's log, not a result
+    logging.getLogger("onnxruntime.quantization.shape_inference").setLevel(logging.WARNING)
     quant_pre_process(str(source), str(processed))
     quantize_static(str(processed), str(target), Reader(calibration), quant_format=QuantFormat.QDQ,
                     per_channel=True, reduce_range=reduce_range)
@@ -459,9 +462,9 @@ def measure_runtime(runtime: str, model: nn.Module, input_size: InputSize, batch
         runner(batch)
         synchronize(device)
         prepare_s = time.perf_counter() - start
-        ms = [1000 * s for s in _timed(lambda: runner(one), device, runs, warmup)]
+        ms = [1000 * s for s in time_calls(lambda: runner(one), device, runs, warmup)]
         pressure = cpu_pressure()
-        seconds = _timed(lambda: runner(batch), device, throughput_runs, min(warmup, 2))
+        seconds = time_calls(lambda: runner(batch), device, throughput_runs, min(warmup, 2))
     median, p90 = percentile(ms, 50), percentile(ms, 90)
     metrics: dict[str, Any] = {
         f"prepare/{runtime}_s": prepare_s,

@@ -39,7 +39,7 @@ def _placed(model: nn.Module, device: torch.device | str | None) -> nn.Module:
     return model if device is None or torch.device(device) == model_device(model) else model.to(device)
 
 
-def _timed(step: Callable[[], Any], device: torch.device, runs: int, warmup: int) -> list[float]:
+def time_calls(step: Callable[[], Any], device: torch.device, runs: int, warmup: int) -> list[float]:
     """Seconds of each of `runs` calls of `step`, after `warmup` untimed calls (allocator growth, cuDNN/oneDNN
     kernel selection and lazy initialisation happen in the first calls)."""
     for _ in range(warmup):
@@ -61,7 +61,7 @@ def latency(model: nn.Module, input_size: InputSize, device: torch.device | str 
     model = _placed(model, device)
     images = random_input(model, 1, input_size)
     with evaluation_mode(model):
-        seconds = _timed(lambda: model(images), model_device(model), runs, warmup)
+        seconds = time_calls(lambda: model(images), model_device(model), runs, warmup)
     ms = [1000 * s for s in seconds]
     return Latency(percentile(ms, 50), percentile(ms, 90), runs, measurement_context(model, 1, input_size))
 
@@ -73,7 +73,7 @@ def inference_throughput(model: nn.Module, batch_size: int, input_size: InputSiz
     model = _placed(model, device)
     images = random_input(model, batch_size, input_size)
     with evaluation_mode(model):
-        seconds = _timed(lambda: model(images), model_device(model), runs, warmup)
+        seconds = time_calls(lambda: model(images), model_device(model), runs, warmup)
     return Throughput(batch_size * runs / sum(seconds), measurement_context(model, batch_size, input_size))
 
 
@@ -101,5 +101,5 @@ def training_throughput(model: nn.Module, batch_size: int, input_size: InputSize
     statistics and optimizer are untouched (the copy costs the model's memory once more)."""
     model = copy.deepcopy(_placed(model, device)).train()
     step = train_step_fn(model, batch_size, input_size)
-    seconds = _timed(step, model_device(model), runs, warmup)
+    seconds = time_calls(step, model_device(model), runs, warmup)
     return Throughput(batch_size * runs / sum(seconds), measurement_context(model, batch_size, input_size))
