@@ -119,6 +119,9 @@ TRAIN_EPOCH_S = _key("train/epoch_s", "s", "median training seconds per epoch (v
 VAL_EPOCH_S = _key("val/epoch_s", "s", "median seconds of one validation pass")
 TRAIN_IMGS_PER_S = _key("train/imgs_per_s", "images/s", "training throughput: measured over the fit (train.py, "
                         "after warm-up steps) or on random batches (profile)")
+FIT_S = _key("fit_s", "s", "wall seconds of train.py's fit and test, startup and end-of-fit profile excluded")
+END_OF_FIT_PROFILE_S = _key("end_of_fit_profile_s", "s", "wall seconds of the end-of-fit profile: every runtime's "
+                            "preparation, timing and test/acc_<runtime> (its cost beside fit_s)")
 
 # --- measured on the network (lnrepro.profiling; end of fit and profile) ---------------------------------------
 MEMORY_PEAK_MB = _key("memory/peak_mb", "MiB", "peak memory of training: CUDA max allocated over the fit; on the "

@@ -37,6 +37,8 @@ def test_every_key_train_eval_and_profile_write_is_declared(make_train_cfg, make
     # the deployed accuracy beside eager's: fp32 ONNX Runtime computes the same logits (32 test images)
     assert written[0]["test/acc_onnxruntime"] == pytest.approx(float(trained["test/acc"]), abs=1 / 32 + 1e-9)
     assert 0 <= written[0]["test/acc_onnxruntime_int8"] <= 1 and written[0]["onnxruntime_int8/calibration_images"]
+    # the end-of-fit profile's cost is recorded beside the fit's, so the README's budget can be checked on any run
+    assert written[0][schema.FIT_S] > 0 and written[0][schema.END_OF_FIT_PROFILE_S] > 0
 
 
 def test_undeclared_keys_are_named():

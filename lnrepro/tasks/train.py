@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -186,14 +187,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     scale = distributed.set_up_processes(trainer, datamodule, in_multirun=hydra_multirun_name() is not None)
 
     try:
+        start = time.perf_counter()
         metrics = fit_and_test(cfg, trainer, module, datamodule)
+        metrics[schema.FIT_S] = time.perf_counter() - start
         metrics.update(scale)
         metrics[schema.RESUMED_FROM] = resumed_from
         if trainer.is_global_zero:
             write_metrics(output_dir, metrics)  # the fit's results are safe before anything else is measured
+            start = time.perf_counter()
             figures = runtime_figures(settings, module.net, int(cfg.data.image_size), datamodule,
                                       tested=bool(cfg.get("test", True)))
             if figures:
+                figures[schema.END_OF_FIT_PROFILE_S] = time.perf_counter() - start
                 publish(trainer, figures, save=True)
                 metrics.update(figures)
                 write_metrics(output_dir, metrics)
