@@ -12,12 +12,12 @@ from lnrepro.reporting import make_report
 from lnrepro.reporting.seeds import seed_stats
 
 
-def write_run(folder, seed, top1, digest="abc123", width=0.5):
+def write_run(folder, seed, top1, digest="abc123", width=0.5, **extra):
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({
         "model": "shufflenet_v2", "width": width, "data": "cifar10", "stem": "cifar", "seed": seed,
         "config_digest": digest, "test/acc": top1, "params": 352042, "flops": 21804032, "latency_ms": 1.0 + seed,
-        "schema_version": 2}))
+        "schema_version": 2, **extra}))
 
 
 def test_seed_stats_match_the_textbook_formulas():
@@ -45,7 +45,7 @@ def test_runs_equal_but_for_the_seed_are_one_row_with_a_verdict(tmp_path, publis
     assert float(grouped["top1_std"]) == pytest.approx(2.0) and grouped["verdict"] == verdict
     assert alone["n_seeds"] == "1" and alone["top1_ci95"] == "" and alone["verdict"] == "reproduced"  # 70 vs 69
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "| n_seeds | top1_mean | top1_std | top1_ci95 | verdict |" in markdown.replace("  ", " ")
+    assert "| n_seeds | top1_mean | top1_std | top1_ci95 | top1_int8_mean | verdict |" in markdown.replace("  ", " ")
     assert f"| {verdict} |" in markdown
 
 
@@ -56,3 +56,22 @@ def test_with_a_published_figure_one_seed_is_judged_against_the_tolerance(tmp_pa
     strict = make_report([tmp_path / "run"], reference=reference, out_dir=tmp_path / "a", plots=False, tolerance=0.5)
     loose = make_report([tmp_path / "run"], reference=reference, out_dir=tmp_path / "b", plots=False, tolerance=1.0)
     assert strict.rows[0].verdict == "below" and loose.rows[0].verdict == "reproduced"
+
+
+def test_a_seed_row_shows_median_timings_in_every_table_and_the_mean_int8_top1(tmp_path):
+    for seed, (top1, int8, eager, onnx) in enumerate([(0.80, 0.79, 8.0, 1.0), (0.82, 0.82, 5.0, 1.2),
+                                                      (0.84, 0.82, 6.0, 3.0)]):
+        write_run(tmp_path / str(seed), seed, top1, **{
+            "test/acc_onnxruntime_int8": int8, "latency/eager_ms": eager, "latency/onnxruntime_ms": onnx,
+            "latency/onnxruntime_contended": seed == 2})
+    report = make_report([tmp_path], out_dir=tmp_path / "out", plots=False)
+    (row,) = report.rows
+    assert row.seeds.top1_int8_mean == pytest.approx(81.0)
+    # the main table's ms/image and the runtime table read the same median, not the first seed's figure
+    assert row.run.values["infer_ms_per_image"] == row.run.metrics["latency/eager_ms"] == 6.0
+    assert row.run.metrics["latency/onnxruntime_ms"] == 1.2 and row.run.metrics["latency/onnxruntime_contended"]
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "1.2*" in markdown and "| 81 |" in markdown
+    assert "| +1.00 |" in markdown  # int8's drop: mean top-1 82 - mean int8 top-1 81, not a difference of medians
+    with open(tmp_path / "out" / "report.csv", newline="") as file:
+        assert float(next(csv.DictReader(file))["top1_int8_mean"]) == pytest.approx(81.0)

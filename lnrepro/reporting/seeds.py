@@ -25,6 +25,7 @@ class SeedStats:
     top1_std: float | None  # sample standard deviation, None with fewer than two seeds
     top1_ci95: float | None  # Student t half-width, None with fewer than two seeds
     seeds: tuple = ()
+    top1_int8_mean: float | None = None  # mean top-1 of the same weights in ONNX Runtime int8, where measured
 
     def verdict(self, published: float | None, tolerance: float = DEFAULT_TOLERANCE) -> str | None:
         if published is None or self.top1_mean is None:
@@ -56,9 +57,13 @@ def group_runs(runs: list[Run]) -> list[list[Run]]:
 
 def merge(group: list[Run]) -> tuple[Run, SeedStats]:
     """One row's run for a group: top-1 is the mean over its seeds, every other figure the median (counts are
-    equal across seeds; timings vary); the first run names it."""
+    equal across seeds; timings vary), in the table's values and in the metrics that the runtime and speed tables
+    read alike; a flag (e.g. `latency/<runtime>_contended`) is set when any seed's is; the first run names it."""
     top1 = [run.values["top1"] for run in group if run.values.get("top1") is not None]
-    stats = seed_stats(top1, tuple(run.metrics.get(schema.SEED) for run in group))
+    int8_key = schema.accuracy_key("onnxruntime_int8")
+    int8 = [100.0 * float(run.metrics[int8_key]) for run in group if run.metrics.get(int8_key) is not None]
+    stats = replace(seed_stats(top1, tuple(run.metrics.get(schema.SEED) for run in group)),
+                    top1_int8_mean=statistics.fmean(int8) if int8 else None)
     if len(group) == 1:
         return group[0], stats
     values = {}
@@ -66,4 +71,11 @@ def merge(group: list[Run]) -> tuple[Run, SeedStats]:
         present = [run.values[name] for run in group if run.values.get(name) is not None]
         values[name] = statistics.median(present) if present else None
     values["top1"] = stats.top1_mean
-    return replace(group[0], values=values), stats
+    metrics = dict(group[0].metrics)
+    for key in {key for run in group for key in run.metrics} - {schema.SEED}:  # the row lists its seeds
+        present = [run.metrics[key] for run in group if run.metrics.get(key) is not None]
+        if present and all(isinstance(value, bool) for value in present):
+            metrics[key] = any(present)
+        elif present and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in present):
+            metrics[key] = statistics.median(present)
+    return replace(group[0], values=values, metrics=metrics), stats
