@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import itertools
+import re
+import subprocess
 
 import pytest
 import torch
@@ -145,3 +147,27 @@ def test_width_sweep_sweeps_widths_for_any_family(make_train_cfg):
     for family in ("ghostnet", "shufflenet_v2"):
         job_cfg = make_train_cfg("experiment=width_sweep", f"model={family}", "model.width=1.5")
         assert job_cfg.model.name == family and job_cfg.model.width == 1.5
+
+
+def test_seeds_preset_is_the_sgd_cosine_recipe_on_shufflenet_v2_half_over_three_seeds(make_train_cfg):
+    cfg = make_train_cfg("experiment=cifar10_seeds", "data=cifar10")
+    recipe = make_train_cfg("experiment=cifar10_sgd_cosine", "data=cifar10")
+    assert [int(job["seed"]) for job in sweep(cfg)] == [0, 1, 2]
+    assert (cfg.model.name, cfg.model.width, cfg.data.name) == ("shufflenet_v2", 0.5, "cifar10")
+    for group in ("optimizer", "scheduler"):
+        assert resolved(cfg)[group] == resolved(recipe)[group]
+    assert cfg.data.batch_size == recipe.data.batch_size == 128
+    # the published figure the report's verdict is against
+    published = [row for row in csv.DictReader(shipped_table("cifar10").read_text().splitlines())
+                 if row["model"] == "shufflenet_v2" and float(row["width"]) == 0.5]
+    assert [float(row["top1"]) for row in published] == [90.13]
+
+
+def test_make_reproduce_seeds_trains_the_preset_and_reports_that_very_sweep():
+    out = subprocess.run(["make", "-n", "reproduce-seeds", "ARGS=data.root=/somewhere"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    train = next(line for line in out if "train.py" in line)
+    report = next(line for line in out if "report.py" in line)
+    sweep_dir = re.search(r"hydra\.sweep\.dir=(\S+)", train).group(1)
+    assert "-m experiment=cifar10_seeds" in train and train.endswith("data.root=/somewhere")
+    assert report.endswith(f"report.py {sweep_dir} --reference cifar10")
