@@ -90,3 +90,23 @@ def test_benchmark_runs_end_to_end_at_a_tiny_size(bench, capsys):
     assert "ratio with/without, images/s over all steps" in out
     assert "time inside the callback's hooks" in out and "on_fit_start" in out
     assert "pairs of adjacent steps" in out and "verdict on the interval's lower end" in out
+
+
+def test_the_contention_benchmark_times_each_runtime_quiet_and_loaded_and_flags_the_load(capsys):
+    spec = importlib.util.spec_from_file_location("bench_contention", ROOT / "benchmarks" / "bench_contention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        module.main(["--model", "mobilenet_v2", "--width", "0.25", "--image-size", "16", "--runtimes", "eager",
+                     "onnxruntime", "--threads", "1", "--hogs", "2", "--rounds", "1", "--runs", "12",
+                     "--warmup", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ("eager",
+                                                                                               "onnxruntime")}
+    assert set(rows) == {"eager", "onnxruntime"}
+    for cells in rows.values():
+        assert float(cells[1]) > 0 and float(cells[3]) > 0 and float(cells[5]) > 0  # quiet, loaded, ratio
+        assert cells[6] in ("yes", "no")
