@@ -94,6 +94,9 @@ def test_wandb_offline_run_writes_its_files(make_train_cfg, tmp_path):
     train(cfg)
     (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     (records,) = run_dir.glob("run-*.wandb")
+    from tests.wandb_offline import complete_records
+
+    complete_records(records)  # finish() returns before wandb-core has written the file's last block
     content = records.read_bytes()
     # the protobuf records hold the metric names and the config values as plain UTF-8
     for needle in (b"val/acc", b"test/acc", b"train/loss", b"shufflenet_v2", b"lnrepro"):

@@ -218,7 +218,7 @@ def test_offline_reader_joins_records_split_across_blocks(tmp_path):
     small.summary.update.add(key="flops", value_json="42")
     _write_wandb_log(tmp_path / "run-x.wandb", [small.SerializeToString(), big.SerializeToString(),
                                                 small.SerializeToString()])
-    run = read_offline_run(tmp_path)
+    run = read_offline_run(tmp_path, wait_s=0)  # a hand-written file: no exit record to wait for
     assert run.config["model.width"] == 0.5 and len(run.config["notes"]) == 80_000
     assert run.summary["flops"] == 42 and set(run.tables()) == {"profile/layers"}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -133,11 +134,24 @@ class OfflineRun:
         return found
 
 
-def read_offline_run(path: str | Path) -> OfflineRun:
+def complete_records(path: str | Path, wait_s: float = 20.0) -> list:
+    """The file's records once W&B has written its `exit` record, waiting up to `wait_s` seconds for it (then
+    whatever is there: a killed run never writes one). `run.finish()` returns before wandb-core has flushed the
+    file's last partial 32 KiB block: read at once, a finished run's file can end at 32768 bytes, without its last
+    records (seen in fresh-clone CI; 1 of 6 finishes in a loop here)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = list(iter_records(path))
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
+def read_offline_run(path: str | Path, wait_s: float = 20.0) -> OfflineRun:
     """Config (W&B's own `_wandb` entry left out), summary and history of an offline run directory or of its
-    `.wandb` file; values are decoded from JSON."""
+    `.wandb` file, once complete (`complete_records`); values are decoded from JSON."""
     run = OfflineRun()
-    for record in iter_records(path):
+    for record in complete_records(path, wait_s):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id, run.project = record.run.run_id or None, record.run.project or None
