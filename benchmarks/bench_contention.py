@@ -6,9 +6,10 @@
 
 Why it exists: in a profile multirun that shared the CPU with test suites, compiled MobileNet V1/V2 at 32x32
 once timed 728-1003 ms at batch 1 where eager took 7-9 ms (quiet: 4.6 ms). One suspect was inductor's per-kernel
-OpenMP barriers waiting for a descheduled thread. On 2026-11-30 (docs/RESULTS.md) 1, 2 and 4 busy-looping processes slowed
-eager, compiled and ONNX Runtime alike (2.2-4.4x on the median, far more on p90), and lnrepro's contended flag
-caught every loaded measurement: the outlier did not come back, and the flag is what guards a table against it.
+OpenMP barriers waiting for a descheduled thread. On 2026-11-30 (docs/RESULTS.md) 1, 2 and 4 busy-looping
+processes slowed eager, compiled and ONNX Runtime alike (2.2-4.4x on the median, far more on p90), and lnrepro's
+contended flag caught every loaded measurement: the outlier did not come back, and the flag is what guards a table
+against it.
 
 Each runtime is prepared once (compiled once, exported once), then timed in `--rounds` alternating pairs: quiet,
 then with `--hogs` busy-looping processes started just before and stopped just after. Printed per runtime: the

@@ -148,6 +148,8 @@ def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileS
     settings = settings or ProfileSettings()
     batch, runs, warmup = settings.batch_size, settings.throughput_runs, min(settings.warmup, 2)
     metrics: dict[str, Any] = {}
+    if calibration is None and settings.runtimes:  # made once, not once per runtime
+        calibration = _random_calibration(settings.calibration_images, input_size)
     with torch_threads(settings.threads):
         for done, runtime in enumerate(settings.runtimes):
             if progress is not None:
@@ -155,8 +157,7 @@ def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileS
             try:
                 metrics.update(measure_runtime(
                     runtime, model, input_size, batch_size=batch, runs=settings.runs, throughput_runs=runs,
-                    warmup=settings.warmup, calibration=calibration if calibration is not None
-                    else _random_calibration(settings.calibration_images, input_size),
+                    warmup=settings.warmup, calibration=calibration,
                     test_batches=test_batches() if test_batches is not None and runtime != "eager" else None))
             except Exception as error:  # noqa: BLE001  one runtime's failure must not cost the run's other figures
                 if not keep_going:
