@@ -52,6 +52,8 @@ def iter_record_bytes(path: str | Path) -> Iterator[bytes]:
             offset += left_in_block
             continue
         start = offset + CHUNK.size
+        if start + length > len(data):  # the file ends inside this chunk: wandb-core is still writing it
+            return
         payload = data[start:start + length]
         offset = start + length
         if kind == FULL:
@@ -138,10 +140,17 @@ def complete_records(path: str | Path, wait_s: float = 20.0) -> list:
     """The file's records once W&B has written its `exit` record, waiting up to `wait_s` seconds for it (then
     whatever is there: a killed run never writes one). `run.finish()` returns before wandb-core has flushed the
     file's last partial 32 KiB block: read at once, a finished run's file can end at 32768 bytes, without its last
-    records (seen in fresh-clone CI; 1 of 6 finishes in a loop here)."""
+    records (seen in fresh-clone CI; 1 of 6 finishes in a loop here), or end inside a record being written."""
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + wait_s
     while True:
-        records = list(iter_records(path))
+        try:
+            records = list(iter_records(path))
+        except DecodeError:  # read in the middle of a write: the bytes on disk are not whole records yet
+            if time.monotonic() > deadline:
+                raise
+            records = []
         if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
             return records
         time.sleep(0.1)
