@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     size = (3, args.image_size, args.image_size)
     image = torch.randn(1, *size)
     calibration = torch.randn(8, *size)
-    print(f"{args.model} {args.width}x at {args.image_size}x{args.image_size}, batch 1, {args.threads} threads, "
-          f"{args.hogs} hog(s); {cpu_features().get('model')}; {args.rounds} rounds x {args.runs} passes per arm")
+    print(
+        f"{args.model} {args.width}x at {args.image_size}x{args.image_size}, batch 1, {args.threads} threads, "
+        f"{args.hogs} hog(s); {cpu_features().get('model')}; {args.rounds} rounds x {args.runs} passes per arm"
+    )
 
     rows = []
     for runtime in args.runtimes:
@@ -86,15 +88,21 @@ def main(argv: list[str] | None = None) -> None:
                     hog.terminate()
                     hog.join()
             time.sleep(0.5)
-        q50, q90, l50, l90 = (percentile(quiet, 50), percentile(quiet, 90), percentile(loaded, 50),
-                              percentile(loaded, 90))
+        q50, q90, l50, l90 = (
+            percentile(quiet, 50),
+            percentile(quiet, 90),
+            percentile(loaded, 50),
+            percentile(loaded, 90),
+        )
         pressure = max((p for p in pressures if p is not None), default=None)
         rows.append((runtime, q50, q90, l50, l90, l50 / q50, contended(l50, l90, pressure)))
 
     print(f"{'runtime':<18}{'quiet ms (p90)':>18}{'loaded ms (p90)':>20}{'loaded/quiet':>14}{'flagged':>9}")
     for runtime, q50, q90, l50, l90, ratio, flagged in rows:
-        print(f"{runtime:<18}{f'{q50:.2f} ({q90:.2f})':>18}{f'{l50:.2f} ({l90:.2f})':>20}{ratio:>14.1f}"
-              f"{'yes' if flagged else 'no':>9}")
+        print(
+            f"{runtime:<18}{f'{q50:.2f} ({q90:.2f})':>18}{f'{l50:.2f} ({l90:.2f})':>20}{ratio:>14.1f}"
+            f"{'yes' if flagged else 'no':>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -100,12 +100,14 @@ def torchvision_dataset(root: Path):
                 self.classes = pickle.load(file, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
     return UncheckedCIFAR10(str(root), train=True, transform=transform, download=False)
 
 
@@ -114,8 +116,13 @@ def bench_torchvision(dataset, args, device: torch.device) -> tuple[int, float]:
 
     def loader():
         # A fresh loader (and workers) per repeat, as a training script gets per run; start-up is in the warm-up.
-        return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                          pin_memory=device.type == "cuda")
+        return DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+        )
 
     def step(batch) -> int:
         images, labels = batch
@@ -129,23 +136,36 @@ def bench_torchvision(dataset, args, device: torch.device) -> tuple[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "cifar10",
-                        help="folder holding cifar-10-batches-py/ (default: ../shared/data/cifar10)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "cifar10",
+        help="folder holding cifar-10-batches-py/ (default: ../shared/data/cifar10)",
+    )
     parser.add_argument("--batches", type=int, default=100, help="timed batches per pipeline and repeat")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches before the clock starts")
     parser.add_argument("--repeats", type=int, default=3, help="alternate the two pipelines this many times")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the torchvision pipeline")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads of the main process (default: torch's choice); torchvision's "
-                             "workers use one thread each whatever this says")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads of the main process (default: torch's choice); torchvision's "
+        "workers use one thread each whatever this says",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     if not (args.root / FOLDER).is_dir():
         sys.exit(f"error: {args.root / FOLDER} does not exist; pass --root with the folder that holds '{FOLDER}'")
 
@@ -155,14 +175,24 @@ def main() -> None:
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"device:    {device} ({device_name}); torch threads {torch.get_num_threads()}; "
-          f"CPU cores {os.cpu_count()}; load average {load:.2f} at start")
-    print(f"data:      {args.root}; batch {args.batch_size}; {args.warmup} warm-up + {args.batches} timed batches "
-          f"({args.batches * args.batch_size:,} images) per pipeline, {args.repeats} alternating repeats")
+    print(
+        f"device:    {device} ({device_name}); torch threads {torch.get_num_threads()}; "
+        f"CPU cores {os.cpu_count()}; load average {load:.2f} at start"
+    )
+    print(
+        f"data:      {args.root}; batch {args.batch_size}; {args.warmup} warm-up + {args.batches} timed batches "
+        f"({args.batches * args.batch_size:,} images) per pipeline, {args.repeats} alternating repeats"
+    )
 
     start = time.perf_counter()
-    datamodule = CIFAR10DataModule(root=str(args.root), download=False, verify_checksums=False,
-                                   batch_size=args.batch_size, num_workers=0, pin_memory=True)
+    datamodule = CIFAR10DataModule(
+        root=str(args.root),
+        download=False,
+        verify_checksums=False,
+        batch_size=args.batch_size,
+        num_workers=0,
+        pin_memory=True,
+    )
     import logging
 
     logging.getLogger("lnrepro").setLevel(logging.ERROR)  # the verify_checksums=false warning is expected here
@@ -186,9 +216,13 @@ def main() -> None:
     print()
     print(f"{'pipeline':<{width}}  {'load s':>7}  {'images/s (median)':>17}  per repeat")
     for label, load_s, rates in ((ours_label, ours_load, ours), (theirs_label, theirs_load, theirs)):
-        print(f"{label:<{width}}  {load_s:>7.2f}  {statistics.median(rates):>17,.0f}  "
-              + ", ".join(f"{r:,.0f}" for r in rates))
-    print(f"{'ratio lnrepro / torchvision':<{width}}  {'':>7}  {statistics.median(ours) / statistics.median(theirs):>16.1f}x")
+        print(
+            f"{label:<{width}}  {load_s:>7.2f}  {statistics.median(rates):>17,.0f}  "
+            + ", ".join(f"{r:,.0f}" for r in rates)
+        )
+    print(
+        f"{'ratio lnrepro / torchvision':<{width}}  {'':>7}  {statistics.median(ours) / statistics.median(theirs):>16.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -110,9 +110,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     images = images.contiguous(memory_format=memory_format)
 
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, {args.resolution}x{args.resolution}, stem {args.stem}, "
-          f"median of {args.iters} forward+backward steps")
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"batch {args.batch}, {args.resolution}x{args.resolution}, stem {args.stem}, "
+        f"median of {args.iters} forward+backward steps"
+    )
     print(f"{'network (ours | twin)':46s} {'ours ms':>9s} {'twin ms':>9s} {'ratio':>7s}")
     for label, name, kwargs, make_twin in PAIRS:
         if args.models and name not in args.models:
@@ -136,8 +138,10 @@ def _print_shuffle_cost(args, images, labels, device, memory_format) -> None:
     from lnrepro.models import shufflenet_v1, shufflenet_v2
 
     print(f"\n{'channel shuffle cost':46s} {'with ms':>9s} {'without':>9s} {'share':>7s}")
-    for label, module, kwargs in (("shufflenet_v1 g=3", shufflenet_v1, dict(groups=3)),
-                                  ("shufflenet_v2 1.0", shufflenet_v2, {})):
+    for label, module, kwargs in (
+        ("shufflenet_v1 g=3", shufflenet_v1, dict(groups=3)),
+        ("shufflenet_v2 1.0", shufflenet_v2, {}),
+    ):
         name = module.__name__.rsplit(".", 1)[-1]
         model = build_model(name, num_classes=args.num_classes, stem=args.stem, **kwargs)
         model = model.to(device, memory_format=memory_format)

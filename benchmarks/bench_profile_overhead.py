@@ -87,8 +87,11 @@ PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end")
 
 def overridden_hooks(callback: pl.Callback) -> list[str]:
     """The `on_*` hooks the callback's class defines itself (Lightning's defaults do nothing)."""
-    return [name for name in dir(type(callback))
-            if name.startswith("on_") and getattr(type(callback), name) is not getattr(pl.Callback, name, None)]
+    return [
+        name
+        for name in dir(type(callback))
+        if name.startswith("on_") and getattr(type(callback), name) is not getattr(pl.Callback, name, None)
+    ]
 
 
 class HookClock:
@@ -107,6 +110,7 @@ class HookClock:
                 return hook(*args, **kwargs)
             finally:
                 self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
         return timed
 
     @property
@@ -183,11 +187,24 @@ def fit(args, data: TensorDataset, callbacks: list[pl.Callback], epochs: int) ->
     logger or checkpoint); returns the wall time of `trainer.fit`."""
     pl.seed_everything(args.seed, verbose=False)
     net = build_model(args.model, width=args.width, num_classes=args.num_classes, stem=args.stem)
-    module = ClassificationModule(net=net, optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
-                                  scheduler=None, num_classes=args.num_classes)
-    trainer = pl.Trainer(accelerator=args.device, devices=1, max_epochs=epochs, callbacks=callbacks,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    module = ClassificationModule(
+        net=net,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+        scheduler=None,
+        num_classes=args.num_classes,
+    )
+    trainer = pl.Trainer(
+        accelerator=args.device,
+        devices=1,
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=0)
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
@@ -220,31 +237,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-size", type=int, default=1024, help="random images per epoch")
     parser.add_argument("--warmup", type=int, default=3, help="training steps left out of images/s")
     parser.add_argument("--repeats", type=int, default=5, help="fits per arm (alternating order)")
-    parser.add_argument("--interleaved-epochs", type=int, default=4,
-                        help="epochs of the fit whose steps alternate with and without the callback's hooks")
+    parser.add_argument(
+        "--interleaved-epochs",
+        type=int,
+        default=4,
+        help="epochs of the fit whose steps alternate with and without the callback's hooks",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     generator = torch.Generator().manual_seed(args.seed)
-    data = TensorDataset(torch.randn(args.train_size, 3, args.resolution, args.resolution, generator=generator),
-                         torch.randint(0, args.num_classes, (args.train_size,), generator=generator))
-    print(f"{args.model} {args.width}x, {args.resolution}x{args.resolution}, batch {args.batch}, "
-          f"{args.train_size // args.batch} steps x {args.epochs} epochs, {args.repeats} repeats per arm, "
-          f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    data = TensorDataset(
+        torch.randn(args.train_size, 3, args.resolution, args.resolution, generator=generator),
+        torch.randint(0, args.num_classes, (args.train_size,), generator=generator),
+    )
+    print(
+        f"{args.model} {args.width}x, {args.resolution}x{args.resolution}, batch {args.batch}, "
+        f"{args.train_size // args.batch} steps x {args.epochs} epochs, {args.repeats} repeats per arm, "
+        f"{args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     rates: dict[bool, list[float]] = {True: [], False: []}
     step_rates: dict[bool, list[float]] = {True: [], False: []}
     walls: dict[bool, list[float]] = {True: [], False: []}
     clocks: list[HookClock] = []
     for repeat in range(args.repeats):
-        for with_profile in ((False, True) if repeat % 2 == 0 else (True, False)):
+        for with_profile in (False, True) if repeat % 2 == 0 else (True, False):
             rate, step_rate, wall, clock = fit_once(args, data, with_profile)
             clocks += [clock] if clock else []
             rates[with_profile].append(rate)
             step_rates[with_profile].append(step_rate)
             walls[with_profile].append(wall)
-            print(f"  repeat {repeat}: {'with   ' if with_profile else 'without'} {rate:8.1f} img/s  "
-                  f"median step {step_rate:8.1f} img/s  fit {wall:6.2f} s", flush=True)
+            print(
+                f"  repeat {repeat}: {'with   ' if with_profile else 'without'} {rate:8.1f} img/s  "
+                f"median step {step_rate:8.1f} img/s  fit {wall:6.2f} s",
+                flush=True,
+            )
     median = statistics.median
     # Each repeat's two fits ran back to back, so their ratio cancels slow drifts of the machine's load.
     paired = [w / wo for w, wo in zip(step_rates[True], step_rates[False])]
@@ -255,14 +283,18 @@ def main(argv: list[str] | None = None) -> None:
     step_ratio = median(step_rates[True]) / median(step_rates[False])
     print(f"ratio with/without, images/s over all steps: {ratio:.3f}")
     print(f"ratio with/without, median step:              {step_ratio:.3f}")
-    print(f"paired ratios per repeat (median step): {' '.join(f'{r:.3f}' for r in paired)}; median {median(paired):.3f}")
+    print(
+        f"paired ratios per repeat (median step): {' '.join(f'{r:.3f}' for r in paired)}; median {median(paired):.3f}"
+    )
     steps = args.train_size // args.batch * args.epochs
     per_step_us = median(c.per_step_seconds for c in clocks) / steps * 1e6
     step_us = 1e6 * args.batch / median(step_rates[True])
     share = median(c.total_seconds / wall for c, wall in zip(clocks, walls[True]))
-    print(f"time inside the callback's hooks (median of the runs with it): per step {per_step_us:.1f} us "
-          f"= {per_step_us / step_us:.4%} of a {step_us / 1000:.1f} ms step; all hooks, fit-start counts "
-          f"included: {median(c.total_seconds for c in clocks) * 1000:.1f} ms = {share:.3%} of the fit")
+    print(
+        f"time inside the callback's hooks (median of the runs with it): per step {per_step_us:.1f} us "
+        f"= {per_step_us / step_us:.4%} of a {step_us / 1000:.1f} ms step; all hooks, fit-start counts "
+        f"included: {median(c.total_seconds for c in clocks) * 1000:.1f} ms = {share:.3%} of the fit"
+    )
     slowest = max(clocks[0].seconds, key=lambda name: median(c.seconds.get(name, 0.0) for c in clocks))
     print(f"  largest: {slowest} {median(c.seconds.get(slowest, 0.0) for c in clocks) * 1000:.1f} ms per fit")
     if args.interleaved_epochs > 0:
@@ -271,15 +303,20 @@ def main(argv: list[str] | None = None) -> None:
         with_s = median(pair[True] for pair in switch.pairs)
         without_s = median(pair[False] for pair in switch.pairs)
         low, high = median_interval(pair_ratios)
-        print(f"steps interleaved in one fit ({len(pair_ratios)} pairs of adjacent steps, {args.interleaved_epochs} "
-              f"epochs): median step with {with_s * 1000:.2f} ms, without {without_s * 1000:.2f} ms")
-        print(f"img/s ratio with/without, median over pairs: {median(pair_ratios):.4f} "
-              f"(95% interval {low:.4f}-{high:.4f}); ratio of the medians {without_s / with_s:.4f}")
+        print(
+            f"steps interleaved in one fit ({len(pair_ratios)} pairs of adjacent steps, {args.interleaved_epochs} "
+            f"epochs): median step with {with_s * 1000:.2f} ms, without {without_s * 1000:.2f} ms"
+        )
+        print(
+            f"img/s ratio with/without, median over pairs: {median(pair_ratios):.4f} "
+            f"(95% interval {low:.4f}-{high:.4f}); ratio of the medians {without_s / with_s:.4f}"
+        )
         verdict = "within 3%" if low >= 0.97 else "NOT shown to be within 3%"
         print(f"verdict on the interval's lower end: {verdict}")
     else:
         verdict = "within 3%" if median(paired) >= 0.97 else "MORE than 3% slower"
         print(f"verdict on the median paired ratio of whole fits: {verdict}")
+
 
 if __name__ == "__main__":
     main()

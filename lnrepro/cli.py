@@ -62,21 +62,36 @@ def report_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     from lnrepro.reporting.reference import SHIPPED_TABLES
 
     parser = argparse.ArgumentParser(
-        prog="lnrepro-report", description=REPORT_DOC.split("\n\n")[0],
+        prog="lnrepro-report",
+        description=REPORT_DOC.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Published tables shipped with lnrepro (--reference NAME): " + "; ".join(
-            f"{name}: {about}" for name, (_, about) in SHIPPED_TABLES.items()) + ". Any CSV path works too.")
+        epilog="Published tables shipped with lnrepro (--reference NAME): "
+        + "; ".join(f"{name}: {about}" for name, (_, about) in SHIPPED_TABLES.items())
+        + ". Any CSV path works too.",
+    )
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="run or multirun directories (or metrics.json files)")
-    parser.add_argument("--reference", metavar="NAME|CSV",
-                        help=f"published table to show side by side: {', '.join(SHIPPED_TABLES)} or a CSV path")
-    parser.add_argument("--out", metavar="DIR", help="where report.md/.csv/.png go (default: DIR if one, else ./report)")
+    parser.add_argument(
+        "--reference",
+        metavar="NAME|CSV",
+        help=f"published table to show side by side: {', '.join(SHIPPED_TABLES)} or a CSV path",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", help="where report.md/.csv/.png go (default: DIR if one, else ./report)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only")
-    parser.add_argument("--tolerance", type=float, default=1.0, metavar="POINTS",
-                        help="a mean top-1 within max(its 95%% interval, POINTS) of the published one is "
-                             "`reproduced` (default 1.0)")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log the table and plots to W&B as one run (job_type=report; WANDB_MODE=offline "
-                             "works); a multirun directory's report joins that multirun's W&B group")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="a mean top-1 within max(its 95%% interval, POINTS) of the published one is `reproduced` (default 1.0)",
+    )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the table and plots to W&B as one run (job_type=report; WANDB_MODE=offline "
+        "works); a multirun directory's report joins that multirun's W&B group",
+    )
     parser.add_argument("--wandb-project", default="lnrepro", metavar="NAME")
     return parser.parse_args(argv)
 
@@ -88,14 +103,14 @@ def report(argv: list[str] | None = None) -> int:
     from lnrepro.schema import multirun_group
 
     try:
-        result = make_report(args.dirs, reference=args.reference, out_dir=args.out, plots=not args.no_plots,
-                             tolerance=args.tolerance)
+        result = make_report(
+            args.dirs, reference=args.reference, out_dir=args.out, plots=not args.no_plots, tolerance=args.tolerance
+        )
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(result.markdown, end="")
-    written = [result.files["markdown"], result.files["csv"]] + [p for p in result.files.values()
-                                                                  if p.suffix == ".png"]
+    written = [result.files["markdown"], result.files["csv"]] + [p for p in result.files.values() if p.suffix == ".png"]
     print(f"\nwritten: {', '.join(str(p) for p in written)}", file=sys.stderr)
     if args.wandb:
         group = multirun_group(args.dirs[0]) if len(args.dirs) == 1 else None

@@ -115,8 +115,14 @@ class WandbLogger(_LightningWandbLogger):
             _forget_unreachable_server()
             self._wandb_init["mode"] = "offline"  # not `self._offline`: Lightning would set WANDB_MODE for the process
             run = self._start_offline(wandb)
-            log.warning("W&B could not start online (%s; after %.0f s): run %s goes on offline; upload it later with "
-                        "`wandb sync %s`", _first_line(error), waited, run.id, Path(run.dir).parent)
+            log.warning(
+                "W&B could not start online (%s; after %.0f s): run %s goes on offline; upload it later with "
+                "`wandb sync %s`",
+                _first_line(error),
+                waited,
+                run.id,
+                Path(run.dir).parent,
+            )
             return run
 
     def _start_offline(self, wandb, tries: int = 6):

@@ -40,12 +40,14 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, list) and all(_is_plain(item) for item in value)
 
 
-def _plain_values(stored: Any, section: str, path: str | Path, allowed: set[str], expected_target: str | None
-                  ) -> dict[str, Any]:
+def _plain_values(
+    stored: Any, section: str, path: str | Path, allowed: set[str], expected_target: str | None
+) -> dict[str, Any]:
     """The stored `section` (model or data) as plain values, each a key the package's config knows."""
     if not isinstance(stored, Mapping):
-        raise UserInputError(f"checkpoint {path} holds no lnrepro run config ({section} is missing): "
-                             f"was it written by lnrepro-train?")
+        raise UserInputError(
+            f"checkpoint {path} holds no lnrepro run config ({section} is missing): was it written by lnrepro-train?"
+        )
     values: dict[str, Any] = {}
     for key, value in stored.items():
         if key == "_target_":
@@ -53,15 +55,20 @@ def _plain_values(stored: Any, section: str, path: str | Path, allowed: set[str]
                 raise UserInputError(
                     f"checkpoint {path} names {section}._target_={value!r}, which is not lnrepro's "
                     f"({expected_target}); lnrepro rebuilds runs only from its own configs and calls nothing a "
-                    f"checkpoint names")
+                    f"checkpoint names"
+                )
             continue
         if not isinstance(key, str) or key.startswith("_") or key not in allowed:
-            raise UserInputError(f"checkpoint {path} stores {section}.{key}, which lnrepro's {section} config does not "
-                                 f"have (known: {', '.join(sorted(allowed))})")
+            raise UserInputError(
+                f"checkpoint {path} stores {section}.{key}, which lnrepro's {section} config does not "
+                f"have (known: {', '.join(sorted(allowed))})"
+            )
         if not _is_plain(value):
-            raise UserInputError(f"checkpoint {path} stores {section}.{key} as a {type(value).__name__} that is not a "
-                                 f"plain value; only numbers, strings without `${{`, booleans and lists of them "
-                                 f"are read")
+            raise UserInputError(
+                f"checkpoint {path} stores {section}.{key} as a {type(value).__name__} that is not a "
+                f"plain value; only numbers, strings without `${{`, booleans and lists of them "
+                f"are read"
+            )
         values[key] = value
     return values
 
@@ -78,8 +85,7 @@ def _compose(model: str, data: str) -> Any:
         return compose(config_name="train", overrides=overrides)
 
 
-def load_run(ckpt_path: str | Path, overrides: Mapping[str, Any] | None = None, trusted: bool = False
-             ) -> LoadedRun:
+def load_run(ckpt_path: str | Path, overrides: Mapping[str, Any] | None = None, trusted: bool = False) -> LoadedRun:
     """The network of the run that wrote `ckpt_path` (eval mode, its weights) and that run's config.
 
     `overrides`: {"data.root": "...", ...} applied after the stored values (what `lnrepro-eval` takes from its
@@ -97,18 +103,28 @@ def load_run(ckpt_path: str | Path, overrides: Mapping[str, Any] | None = None, 
 
     name = stored["model"].get("name")
     if name not in list_models():
-        raise UserInputError(f"checkpoint {ckpt_path} names model {name!r}, which is not an lnrepro family; "
-                             f"known: {', '.join(list_models())}")
+        raise UserInputError(
+            f"checkpoint {ckpt_path} names model {name!r}, which is not an lnrepro family; "
+            f"known: {', '.join(list_models())}"
+        )
     data_name = (stored.get("data") or {}).get("name") if isinstance(stored.get("data"), Mapping) else None
     if data_name not in data_config_names():
-        raise UserInputError(f"checkpoint {ckpt_path} names data {data_name!r}, which is not one of lnrepro's data "
-                             f"configs ({', '.join(data_config_names())})")
+        raise UserInputError(
+            f"checkpoint {ckpt_path} names data {data_name!r}, which is not one of lnrepro's data "
+            f"configs ({', '.join(data_config_names())})"
+        )
 
     config = _compose(name, data_name)
-    model_values = _plain_values(stored["model"], "model", ckpt_path, set(config.model) | set(model_options(name)),
-                                 expected_target=config.model._target_)
-    data_values = _plain_values(stored["data"], "data", ckpt_path, set(config.data),
-                                expected_target=config.data._target_)
+    model_values = _plain_values(
+        stored["model"],
+        "model",
+        ckpt_path,
+        set(config.model) | set(model_options(name)),
+        expected_target=config.model._target_,
+    )
+    data_values = _plain_values(
+        stored["data"], "data", ckpt_path, set(config.data), expected_target=config.data._target_
+    )
     with open_dict(config):
         config.model.merge_with(model_values)
         config.data.merge_with(data_values)
@@ -125,8 +141,9 @@ def load_run(ckpt_path: str | Path, overrides: Mapping[str, Any] | None = None, 
     arguments = OmegaConf.to_container(config.model, resolve=True)
     arguments.pop("_target_", None)
     net = build_model(**arguments)
-    weights = {key[len(NET_PREFIX):]: tensor for key, tensor in checkpoint["state_dict"].items()
-               if key.startswith(NET_PREFIX)}
+    weights = {
+        key[len(NET_PREFIX) :]: tensor for key, tensor in checkpoint["state_dict"].items() if key.startswith(NET_PREFIX)
+    }
     check_matches(weights, net, ckpt_path)
     net.load_state_dict(weights)
     return LoadedRun(net.eval(), config)

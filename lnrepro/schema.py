@@ -40,8 +40,11 @@ class Key:
 
     @property
     def pattern(self) -> re.Pattern[str]:
-        return re.compile("^" + re.sub(r"<[a-z_]+>", "[A-Za-z0-9_.-]+", re.escape(self.name).replace(r"\<", "<")
-                                       .replace(r"\>", ">")) + "$")
+        return re.compile(
+            "^"
+            + re.sub(r"<[a-z_]+>", "[A-Za-z0-9_.-]+", re.escape(self.name).replace(r"\<", "<").replace(r"\>", ">"))
+            + "$"
+        )
 
 
 KEYS: dict[str, Key] = {}
@@ -65,32 +68,51 @@ GROUPS = _key("groups", "-", "ShuffleNet V1 group count")
 STEM = _key("stem", "-", "input stem: cifar | imagenet")
 DATA = _key("data", "-", "data config name")
 SEED = _key("seed", "-", "the run's seed")
-CONFIG_DIGEST = _key("config_digest", "-", "hash of the run's config without its seed, paths, loggers and profile "
-                     "settings: runs that differ only in seed share it (reports average them)")
+CONFIG_DIGEST = _key(
+    "config_digest",
+    "-",
+    "hash of the run's config without its seed, paths, loggers and profile "
+    "settings: runs that differ only in seed share it (reports average them)",
+)
 EPOCHS = _key("epochs", "epochs", "epochs trained")
 GLOBAL_STEP = _key("global_step", "steps", "optimizer steps taken")
 CKPT_PATH = _key("ckpt_path", "path", "the checkpoint eval.py evaluated")
 TEST_CKPT_PATH = _key("test/ckpt_path", "path", "the checkpoint train.py tested (the best one)")
-RESUMED_FROM = _key("resumed_from", "path", "the checkpoint training continued from: ckpt_path=, or the run "
-                    "directory's own checkpoints/last.ckpt found by a requeued or restarted job; null: a fresh start")
+RESUMED_FROM = _key(
+    "resumed_from",
+    "path",
+    "the checkpoint training continued from: ckpt_path=, or the run "
+    "directory's own checkpoints/last.ckpt found by a requeued or restarted job; null: a fresh start",
+)
 
 # --- processes and the cluster job (lnrepro.training.distributed) -----------------------------------------------
 WORLD_SIZE = _key("world_size", "processes", "training processes (DDP ranks) over all nodes; 1 without DDP")
-BATCH_SIZE_GLOBAL = _key("batch_size_global", "images", "data.batch_size: images per optimizer step over all "
-                         "processes (the recipe's batch)")
-BATCH_SIZE_PER_PROCESS = _key("batch_size_per_process", "images", "batch_size_global / world_size: what each "
-                              "process's DataLoader serves")
-SLURM_JOB_ID = _key("slurm/job_id", "-", "SLURM job id (SLURM_JOB_ID; an array task has its own); absent outside "
-                    "SLURM")
-SLURM_ARRAY_JOB_ID = _key("slurm/array_job_id", "-", "the array's job id (SLURM_ARRAY_JOB_ID), shared by the jobs "
-                          "of one sweep; absent outside arrays")
+BATCH_SIZE_GLOBAL = _key(
+    "batch_size_global", "images", "data.batch_size: images per optimizer step over all processes (the recipe's batch)"
+)
+BATCH_SIZE_PER_PROCESS = _key(
+    "batch_size_per_process", "images", "batch_size_global / world_size: what each process's DataLoader serves"
+)
+SLURM_JOB_ID = _key("slurm/job_id", "-", "SLURM job id (SLURM_JOB_ID; an array task has its own); absent outside SLURM")
+SLURM_ARRAY_JOB_ID = _key(
+    "slurm/array_job_id",
+    "-",
+    "the array's job id (SLURM_ARRAY_JOB_ID), shared by the jobs of one sweep; absent outside arrays",
+)
 SLURM_ARRAY_TASK_ID = _key("slurm/array_task_id", "-", "index of the job in its array (SLURM_ARRAY_TASK_ID)")
-SLURM_RESTART_COUNT = _key("slurm/restart_count", "count", "times SLURM had requeued the job before this run "
-                           "(SLURM_RESTART_COUNT; 0: first run)")
+SLURM_RESTART_COUNT = _key(
+    "slurm/restart_count",
+    "count",
+    "times SLURM had requeued the job before this run (SLURM_RESTART_COUNT; 0: first run)",
+)
 
 # --- accuracy and loss (logged by the LightningModule) ----------------------------------------------------------
-_key("<stage>/loss", "nats", "cross-entropy of the train, val or test split (train: label smoothing/mixup "
-     "included), epoch mean; train/loss_step and train/loss_epoch: Lightning's per-step and per-epoch copies")
+_key(
+    "<stage>/loss",
+    "nats",
+    "cross-entropy of the train, val or test split (train: label smoothing/mixup "
+    "included), epoch mean; train/loss_step and train/loss_epoch: Lightning's per-step and per-epoch copies",
+)
 _key("<stage>/loss_<when>", "nats", "see <stage>/loss")
 _key("<stage>/acc", "fraction", "top-1 accuracy (0-1) of the split")
 _key("<stage>/acc5", "fraction", "top-5 accuracy (0-1) of the split")
@@ -107,25 +129,42 @@ MACS = _key("macs", "multiply-adds", "multiply-adds of one image (torch's FlopCo
 MACS_CONV = _key("macs_conv", "multiply-adds", "multiply-adds of Conv2d layers only")
 FLOPS = _key("flops", "FLOPs", "2 x macs")
 FLOPS_CONV = _key("flops_conv", "FLOPs", "2 x macs_conv")
-_key("macs/<convention>", "multiply-adds", "one image under a paper's counting convention: conv_linear, with_norm, "
-     "with_elementwise (lnrepro.profiling.conventions; profile.flop_conventions=true)")
+_key(
+    "macs/<convention>",
+    "multiply-adds",
+    "one image under a paper's counting convention: conv_linear, with_norm, "
+    "with_elementwise (lnrepro.profiling.conventions; profile.flop_conventions=true)",
+)
 _key("macs/matching_convention", "-", "the convention the published figure matches (within 3%), if one does")
 _key("macs/published", "multiply-adds", "the published figure from the shipped reference tables")
 MAC_BYTES = _key("mac_bytes", "bytes", "ShuffleNet V2's memory access cost: conv/linear inputs + outputs + weights")
 
 # --- speed during training (EfficiencyProfile) ------------------------------------------------------------------
-TRAIN_EPOCH_S = _key("train/epoch_s", "s", "median training seconds per epoch (validation excluded; epoch 0 left "
-                     "out when there are others)")
+TRAIN_EPOCH_S = _key(
+    "train/epoch_s",
+    "s",
+    "median training seconds per epoch (validation excluded; epoch 0 left out when there are others)",
+)
 VAL_EPOCH_S = _key("val/epoch_s", "s", "median seconds of one validation pass")
-TRAIN_IMGS_PER_S = _key("train/imgs_per_s", "images/s", "training throughput: measured over the fit (train.py, "
-                        "after warm-up steps) or on random batches (profile)")
+TRAIN_IMGS_PER_S = _key(
+    "train/imgs_per_s",
+    "images/s",
+    "training throughput: measured over the fit (train.py, after warm-up steps) or on random batches (profile)",
+)
 FIT_S = _key("fit_s", "s", "wall seconds of train.py's fit and test, startup and end-of-fit profile excluded")
-END_OF_FIT_PROFILE_S = _key("end_of_fit_profile_s", "s", "wall seconds of the end-of-fit profile: every runtime's "
-                            "preparation, timing and test/acc_<runtime> (its cost beside fit_s)")
+END_OF_FIT_PROFILE_S = _key(
+    "end_of_fit_profile_s",
+    "s",
+    "wall seconds of the end-of-fit profile: every runtime's "
+    "preparation, timing and test/acc_<runtime> (its cost beside fit_s)",
+)
 
 # --- measured on the network (lnrepro.profiling; end of fit and profile) ---------------------------------------
-MEMORY_PEAK_MB = _key("memory/peak_mb", "MiB", "peak memory of training: CUDA max allocated over the fit; on the "
-                      "CPU, one profiled training step at `batch_size`")
+MEMORY_PEAK_MB = _key(
+    "memory/peak_mb",
+    "MiB",
+    "peak memory of training: CUDA max allocated over the fit; on the CPU, one profiled training step at `batch_size`",
+)
 MEMORY_INFER_PEAK_MB = _key("memory/infer_peak_mb", "MiB", "peak memory of one inference batch at `batch_size`")
 
 # --- per deployment runtime: eager | compiled | onnxruntime | onnxruntime_int8 (lnrepro.profiling.runtimes) ----
@@ -134,10 +173,16 @@ _key("latency/<runtime>_p90_ms", "ms", "90th percentile of the same passes")
 _key("infer/<runtime>_imgs_per_s", "images/s", "inference throughput at `batch_size` in the runtime")
 _key("latency/<runtime>_cpu_pressure", "%", "/proc/pressure/cpu `some avg10` right after the batch-1 passes")
 _key("latency/<runtime>_contended", "bool", "p90/median > 1.5 or CPU pressure > 10%: another process took the cores")
-_key("prepare/<runtime>_s", "s", "from the network to a runner that ran once at both shapes: export, quantisation, "
-     "compilation, session")
-_key("test/acc_<runtime>", "fraction", "top-1 of the tested weights run in the runtime, on the test split's images "
-     "as eager saw them")
+_key(
+    "prepare/<runtime>_s",
+    "s",
+    "from the network to a runner that ran once at both shapes: export, quantisation, compilation, session",
+)
+_key(
+    "test/acc_<runtime>",
+    "fraction",
+    "top-1 of the tested weights run in the runtime, on the test split's images as eager saw them",
+)
 _key("<runtime>/max_abs_diff", "logits", "largest |runtime - eager| logit on one image")
 _key("<runtime>/error", "-", "why the runtime's figures are missing (the run itself went on)")
 _key("<runtime>/export_s", "s", "ONNX export")
@@ -171,16 +216,24 @@ def accuracy_key(runtime: str) -> str:
 
 LATENCY_MS, LATENCY_P90_MS, INFER_IMGS_PER_S = latency_key("eager"), latency_p90_key("eager"), throughput_key("eager")
 #: Keys of files before version 2 -> their names now; `read_metrics` adds the new name beside the old one.
-LEGACY_KEYS = {"latency_ms": LATENCY_MS, "latency_p90_ms": LATENCY_P90_MS, "infer/imgs_per_s": INFER_IMGS_PER_S,
-               "onnx/latency_ms": latency_key("onnxruntime"), "onnx/latency_p90_ms": latency_p90_key("onnxruntime"),
-               "onnx/max_abs_diff": "onnxruntime/max_abs_diff"}
+LEGACY_KEYS = {
+    "latency_ms": LATENCY_MS,
+    "latency_p90_ms": LATENCY_P90_MS,
+    "infer/imgs_per_s": INFER_IMGS_PER_S,
+    "onnx/latency_ms": latency_key("onnxruntime"),
+    "onnx/latency_p90_ms": latency_p90_key("onnxruntime"),
+    "onnx/max_abs_diff": "onnxruntime/max_abs_diff",
+}
 
 # --- the context every measured figure depends on (lnrepro.profiling.context) ----------------------------------
 DEVICE = _key("device", "-", "cpu, or the GPU's name")
 DTYPE = _key("dtype", "-", "parameter dtype of the measured network")
 THREADS = _key("threads", "count", "torch CPU threads during the measurement")
-BATCH_SIZE = _key("batch_size", "images", "batch of the throughput and memory measurements (the profile's batch; "
-                  "the training batch is batch_size_global)")
+BATCH_SIZE = _key(
+    "batch_size",
+    "images",
+    "batch of the throughput and memory measurements (the profile's batch; the training batch is batch_size_global)",
+)
 INPUT_SIZE = _key("input_size", "CxHxW", "one input image")
 TORCH_VERSION = _key("torch_version", "-", "torch version")
 
@@ -243,8 +296,18 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 
 
 #: Parts of a run's config that do not change what it computes; `config_digest` leaves them out.
-NOT_IN_DIGEST = ("seed", "paths", "hydra", "tags", "print_config", "ckpt_path", "logger", "profile", "task_name",
-                 "optimized_metric")
+NOT_IN_DIGEST = (
+    "seed",
+    "paths",
+    "hydra",
+    "tags",
+    "print_config",
+    "ckpt_path",
+    "logger",
+    "profile",
+    "task_name",
+    "optimized_metric",
+)
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -274,6 +337,8 @@ def markdown() -> str:
 
 
 if __name__ == "__main__":
-    print(f"# metrics.json (schema version {SCHEMA_VERSION})\n\nWritten by `lnrepro.schema`; generated by "
-          f"`python -m lnrepro.schema`.\n")
+    print(
+        f"# metrics.json (schema version {SCHEMA_VERSION})\n\nWritten by `lnrepro.schema`; generated by "
+        f"`python -m lnrepro.schema`.\n"
+    )
     print(markdown(), end="")

@@ -72,8 +72,12 @@ def make_train_cfg(tmp_path):
 @pytest.fixture
 def make_eval_cfg(tmp_path):
     def make(*overrides: str) -> DictConfig:
-        fast = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
-                "trainer.enable_model_summary=false"]
+        fast = [
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+        ]
         return compose_config("eval", tmp_path / "eval", fast + list(overrides))
 
     yield make
@@ -107,8 +111,10 @@ def write_fake_cifar10(root: Path, images_per_file: int = 40, seed: int = 0) -> 
         with open(folder / name, "wb") as file:
             pickle.dump(entry, file)
     with open(folder / "batches.meta", "wb") as file:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": images_per_file,
-                     "num_vis": 3072}, file)
+        pickle.dump(
+            {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": images_per_file, "num_vis": 3072},
+            file,
+        )
     return root
 
 

@@ -40,10 +40,18 @@ def test_per_class_averaging_gives_other_figures_on_these_labels():
 
 def module_and_trainer() -> tuple[ClassificationModule, pl.Trainer]:
     # lr 0: a training epoch leaves the logits as they are
-    module = ClassificationModule(fixed_logits_net(), optimizer=partial(torch.optim.SGD, lr=0.0), scheduler=None,
-                                  num_classes=NUM_CLASSES)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    module = ClassificationModule(
+        fixed_logits_net(), optimizer=partial(torch.optim.SGD, lr=0.0), scheduler=None, num_classes=NUM_CLASSES
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     return module, trainer
 
 

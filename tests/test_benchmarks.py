@@ -16,8 +16,9 @@ from tests.conftest import ROOT
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_profile_overhead",
-                                                  ROOT / "benchmarks" / "bench_profile_overhead.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_profile_overhead", ROOT / "benchmarks" / "bench_profile_overhead.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -60,8 +61,15 @@ def test_switch_runs_the_per_step_hooks_on_one_step_of_each_pair(bench):
     inner = CountingHooks()
     switch = bench.EveryOtherStep(inner, warmup=2, seed=0)
     data = TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,)))
-    trainer = pl.Trainer(max_epochs=2, callbacks=[switch], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[switch],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(TinyModule(), train_dataloaders=DataLoader(data, batch_size=4))  # 10 steps per epoch
     # Timed steps: epoch 0 after its 2 warm-up steps (8 steps: 4 pairs), epoch 1 from its 2nd step (the first
     # starts the clock; 9 steps: 4 pairs and a half pair, dropped since a pair never spans epochs).
@@ -84,8 +92,22 @@ def test_median_interval_is_the_order_statistics_one(bench):
 
 
 def test_benchmark_runs_end_to_end_at_a_tiny_size(bench, capsys):
-    bench.main(["--train-size", "64", "--batch", "16", "--epochs", "1", "--warmup", "1", "--repeats", "1",
-                "--interleaved-epochs", "1"])
+    bench.main(
+        [
+            "--train-size",
+            "64",
+            "--batch",
+            "16",
+            "--epochs",
+            "1",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--interleaved-epochs",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert "ratio with/without, images/s over all steps" in out
     assert "time inside the callback's hooks" in out and "on_fit_start" in out
@@ -98,14 +120,35 @@ def test_the_contention_benchmark_times_each_runtime_quiet_and_loaded_and_flags_
     spec.loader.exec_module(module)
     threads = torch.get_num_threads()
     try:
-        module.main(["--model", "mobilenet_v2", "--width", "0.25", "--image-size", "16", "--runtimes", "eager",
-                     "onnxruntime", "--threads", "1", "--hogs", "2", "--rounds", "1", "--runs", "12",
-                     "--warmup", "1"])
+        module.main(
+            [
+                "--model",
+                "mobilenet_v2",
+                "--width",
+                "0.25",
+                "--image-size",
+                "16",
+                "--runtimes",
+                "eager",
+                "onnxruntime",
+                "--threads",
+                "1",
+                "--hogs",
+                "2",
+                "--rounds",
+                "1",
+                "--runs",
+                "12",
+                "--warmup",
+                "1",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     lines = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ("eager",
-                                                                                               "onnxruntime")}
+    rows = {
+        line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ("eager", "onnxruntime")
+    }
     assert set(rows) == {"eager", "onnxruntime"}
     for cells in rows.values():
         assert float(cells[1]) > 0 and float(cells[3]) > 0 and float(cells[5]) > 0  # quiet, loaded, ratio

@@ -12,18 +12,35 @@ import pytest
 
 from tests.conftest import ROOT
 
-QUICK = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16", "data.batch_size=16",
-         "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
-         "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
-         "~callbacks.rich_progress_bar", "print_config=false", "model.width=0.5"]
+QUICK = [
+    "data=synthetic",
+    "data.train_size=32",
+    "data.val_size=16",
+    "data.test_size=16",
+    "data.batch_size=16",
+    "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.rich_progress_bar",
+    "print_config=false",
+    "model.width=0.5",
+]
 
 
 def run_script(script: str, *args: str, log_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
     flags = [a for a in args if a.startswith("-")]  # Hydra's own flags (-m) come before the overrides
     overrides = [a for a in args if not a.startswith("-")]
-    return subprocess.run([sys.executable, str(ROOT / script), *flags, f"paths.log_dir={log_dir}", *overrides],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *flags, f"paths.log_dir={log_dir}", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def test_unknown_model_lists_the_choices(tmp_path):
@@ -57,8 +74,13 @@ def test_train_then_eval_from_the_command_line(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     (metrics_path,) = tmp_path.glob("train/runs/*/metrics.json")
     metrics = json.loads(metrics_path.read_text())
-    evaluated = run_script("eval.py", f"ckpt_path={metrics['test/ckpt_path']}", "trainer.accelerator=cpu",
-                           "trainer.enable_progress_bar=false", log_dir=tmp_path)
+    evaluated = run_script(
+        "eval.py",
+        f"ckpt_path={metrics['test/ckpt_path']}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        log_dir=tmp_path,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     (eval_path,) = tmp_path.glob("eval/runs/*/metrics.json")
     assert json.loads(eval_path.read_text())["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-7)
@@ -75,8 +97,14 @@ def test_eval_of_a_corrupt_checkpoint_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_sweeps_widths_and_survives_a_failing_job(tmp_path):
-    result = run_script("train.py", "-m", *[a for a in QUICK if not a.startswith("model.width")],
-                        "model=mobilenet_v2", "model.width=0.5,-1,1.0", log_dir=tmp_path)
+    result = run_script(
+        "train.py",
+        "-m",
+        *[a for a in QUICK if not a.startswith("model.width")],
+        "model=mobilenet_v2",
+        "model.width=0.5,-1,1.0",
+        log_dir=tmp_path,
+    )
     # the job with width -1 fails; the others still run, and the sweep reports the failure
     assert result.returncode != 0
     sweeps = list(tmp_path.glob("train/multiruns/*"))
@@ -105,8 +133,16 @@ def test_wandb_offline_run_writes_its_files(make_train_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_splits_the_data(tmp_path):
-    result = run_script("train.py", *QUICK, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                        "data.train_size=64", "trainer.max_epochs=2", log_dir=tmp_path)
+    result = run_script(
+        "train.py",
+        *QUICK,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "data.train_size=64",
+        "trainer.max_epochs=2",
+        log_dir=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics_path,) = tmp_path.glob("train/runs/*/metrics.json")
     metrics = json.loads(metrics_path.read_text())
@@ -117,8 +153,15 @@ def test_ddp_on_two_cpu_processes_splits_the_data(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_search_runs_trials_on_the_returned_metric(tmp_path):
-    result = run_script("train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                        "hydra.sweeper.sampler.n_startup_trials=1", *QUICK, log_dir=tmp_path)
+    result = run_script(
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=1",
+        *QUICK,
+        log_dir=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = tmp_path.glob("train/multiruns/*")
     assert len(list(sweep.glob("*/metrics.json"))) == 2
@@ -132,8 +175,10 @@ def test_runs_started_at_the_same_moment_get_their_own_directories(tmp_path):
     quick = [*QUICK, "train=false", "test=false", "profile.end_of_fit=false", f"paths.log_dir={tmp_path}"]
     commands = [[sys.executable, str(ROOT / "train.py"), *quick, f"seed={seed}"] for seed in range(4)]
     commands += [[sys.executable, str(ROOT / "train.py"), "-m", *quick, f"seed={seed}"] for seed in (10, 11)]
-    processes = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True) for command in commands]
+    processes = [
+        subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for command in commands
+    ]
     for process in processes:
         assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
     written = sorted(json.loads(path.read_text())["seed"] for path in tmp_path.rglob("metrics.json"))
@@ -141,9 +186,14 @@ def test_runs_started_at_the_same_moment_get_their_own_directories(tmp_path):
     assert len(list(tmp_path.glob("train/runs/*"))) == 4 and len(list(tmp_path.glob("train/multiruns/*"))) == 2
 
 
-@pytest.mark.parametrize("override, named", [("profile.calibration_images=1000", "more than the 32 training images"),
-                                             ("profile.calibration_images=0", "profile.calibration_images=0"),
-                                             ("profile.runtimes=[eager,tflite]", "unknown runtime 'tflite'")])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("profile.calibration_images=1000", "more than the 32 training images"),
+        ("profile.calibration_images=0", "profile.calibration_images=0"),
+        ("profile.runtimes=[eager,tflite]", "unknown runtime 'tflite'"),
+    ],
+)
 def test_bad_runtime_settings_are_refused_before_training(tmp_path, override, named):
     result = run_script("train.py", *QUICK, override, log_dir=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr

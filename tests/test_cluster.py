@@ -25,10 +25,19 @@ pytestmark = pytest.mark.cluster
 
 SLURM_SCRIPT = ROOT / "scripts" / "slurm-local.sh"
 TRAIN = Path(sys.executable).parent / "lnrepro-train"  # the console script a cluster user types
-TINY = ["data=synthetic", "data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=16",
-        "data.image_size=16", "optimizer.lr=0.01",
-        "trainer.enable_progress_bar=false", "~callbacks.rich_progress_bar", "trainer.enable_model_summary=false",
-        "profile.end_of_fit=false"]
+TINY = [
+    "data=synthetic",
+    "data.train_size=64",
+    "data.val_size=32",
+    "data.test_size=32",
+    "data.batch_size=16",
+    "data.image_size=16",
+    "optimizer.lr=0.01",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.rich_progress_bar",
+    "trainer.enable_model_summary=false",
+    "profile.end_of_fit=false",
+]
 STEPS_PER_EPOCH = 64 // 16
 SAME = ["global_step", "epochs", "test/acc", "test/loss", "val/acc", "val/loss", "val/acc_best", "train/loss_epoch"]
 
@@ -56,8 +65,13 @@ def slurm():
 
 def environment() -> dict[str, str]:
     # The jobs inherit this (sbatch exports the submitting environment): tests.helpers importable, W&B offline.
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HYDRA_FULL_ERROR": "0",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def sweep_command(log_dir: Path, *overrides: str, launcher: str = "slurm") -> list[str]:
@@ -65,8 +79,14 @@ def sweep_command(log_dir: Path, *overrides: str, launcher: str = "slurm") -> li
 
 
 def sweep(log_dir: Path, *overrides: str, launcher: str = "slurm") -> subprocess.CompletedProcess:
-    return subprocess.run(sweep_command(log_dir, *overrides, launcher=launcher), capture_output=True, text=True,
-                          env=environment(), cwd=ROOT, timeout=900)
+    return subprocess.run(
+        sweep_command(log_dir, *overrides, launcher=launcher),
+        capture_output=True,
+        text=True,
+        env=environment(),
+        cwd=ROOT,
+        timeout=900,
+    )
 
 
 def sweep_dir(log_dir: Path) -> Path:
@@ -122,10 +142,19 @@ def test_a_two_task_job_runs_ddp_on_two_processes(slurm, width_sweep, tmp_path):
     """One SLURM job, two tasks, DDP over gloo: the same steps as one process with the same global batch, each
     rank trains on its own half of every epoch in an order of its own, and rank 0 alone speaks for the run."""
     indices = tmp_path / "indices"
-    result = sweep(tmp_path, "hydra.launcher.partition=debug", "hydra.launcher.tasks_per_node=2", "trainer=ddp",
-                   "trainer.accelerator=cpu", *TINY, "trainer.max_epochs=2", "model.width=0.25", "logger=wandb",
-                   "+callbacks.indices._target_=tests.helpers.RecordTrainIndices",
-                   f"+callbacks.indices.out_dir={indices}")
+    result = sweep(
+        tmp_path,
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.tasks_per_node=2",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        *TINY,
+        "trainer.max_epochs=2",
+        "model.width=0.25",
+        "logger=wandb",
+        "+callbacks.indices._target_=tests.helpers.RecordTrainIndices",
+        f"+callbacks.indices.out_dir={indices}",
+    )
     assert result.returncode == 0, tail(result)
     runs = sweep_dir(tmp_path)
     metrics = metrics_of(runs / "0")
@@ -168,10 +197,12 @@ def test_a_failed_job_is_named_with_its_log_and_the_other_job_finishes(slurm, tm
 def test_a_killed_job_is_named_with_its_log_not_waited_for_forever(slurm, tmp_path):
     """A job that dies without a result (here cancelled while its setup line runs): the cluster keeps no
     accounting, so submitit alone would wait for its result file forever."""
-    command = sweep_command(tmp_path, "hydra.launcher.partition=debug", "hydra.launcher.setup=[sleep 600]", *TINY,
-                            "model.width=0.25")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
-                               cwd=ROOT)
+    command = sweep_command(
+        tmp_path, "hydra.launcher.partition=debug", "hydra.launcher.setup=[sleep 600]", *TINY, "model.width=0.25"
+    )
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(), cwd=ROOT
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not list(tmp_path.glob("train/multiruns/*/.submitit/*/*.sh")):
@@ -184,8 +215,11 @@ def test_a_killed_job_is_named_with_its_log_not_waited_for_forever(slurm, tmp_pa
             process.kill()
     assert process.returncode != 0
     assert "1 of 1 jobs of the sweep failed" in stderr, stderr[-3000:]
-    assert re.search(r"job #0 \(.*model\.width=0\.25.*\) failed: the job ended without a result \(SLURM state "
-                     r"CANCELLED", stderr), stderr[-3000:]
+    assert re.search(
+        r"job #0 \(.*model\.width=0\.25.*\) failed: the job ended without a result \(SLURM state "
+        r"CANCELLED",
+        stderr,
+    ), stderr[-3000:]
     assert f"log: {job_folder(sweep_dir(tmp_path), 0, jobs=1)}/{job_id}_0_log.err" in stderr
 
 
@@ -195,11 +229,17 @@ def test_a_job_requeued_mid_training_resumes_and_ends_as_if_never_stopped(slurm,
     requeue`), or by submitit on the signal SLURM sends before a time limit or a preemption (SIGUSR2: submitit
     re-pickles the job and requeues it). SLURM runs it again in the same run directory; it continues from
     last.ckpt and must end with job #0's numbers."""
-    slow = ["callbacks.last_checkpoint.every_n_train_steps=2", "+callbacks.slow._target_=tests.helpers.SlowTraining",
-            "+callbacks.slow.seconds=0.5", "trainer.max_epochs=3", "model.width=0.25"]
+    slow = [
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "+callbacks.slow._target_=tests.helpers.SlowTraining",
+        "+callbacks.slow.seconds=0.5",
+        "trainer.max_epochs=3",
+        "model.width=0.25",
+    ]
     command = sweep_command(tmp_path, "hydra.launcher.partition=debug", *TINY, *slow, "seed=42,42")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
-                               cwd=ROOT)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(), cwd=ROOT
+    )
     try:
         deadline = time.monotonic() + 600
         checkpoint = None
@@ -232,16 +272,27 @@ def test_a_job_requeued_mid_training_resumes_and_ends_as_if_never_stopped(slurm,
     assert requeued_run["global_step"] == uninterrupted["global_step"] == 3 * STEPS_PER_EPOCH
     for key in SAME:
         assert requeued_run[key] == pytest.approx(uninterrupted[key], rel=0, abs=1e-6), key
-    print(f"\n{stop}: resumed at step {resumed_step}: " + ", ".join(
-        f"{key} {uninterrupted[key]} vs {requeued_run[key]}" for key in SAME))
+    print(
+        f"\n{stop}: resumed at step {resumed_step}: "
+        + ", ".join(f"{key} {uninterrupted[key]} vs {requeued_run[key]}" for key in SAME)
+    )
 
 
 # --- DDP inside a multirun on one machine -------------------------------------------------------------------------
 def test_ddp_inside_a_local_sweep_runs_each_job_once_on_its_own_processes(tmp_path):
     """hydra/launcher=local starts each job's processes itself (tasks_per_node); Lightning's own launcher, which
     runs the command line again, would have started the whole sweep again in every process."""
-    result = sweep(tmp_path, "hydra.launcher.tasks_per_node=2", "trainer=ddp", "trainer.accelerator=cpu", *TINY,
-                   "trainer.max_epochs=1", "print_config=false", "model.width=0.25,0.5", launcher="local")
+    result = sweep(
+        tmp_path,
+        "hydra.launcher.tasks_per_node=2",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        *TINY,
+        "trainer.max_epochs=1",
+        "print_config=false",
+        "model.width=0.25,0.5",
+        launcher="local",
+    )
     assert result.returncode == 0, tail(result)
     assert len(list((tmp_path / "train" / "multiruns").iterdir())) == 1
     runs = sweep_dir(tmp_path)
@@ -253,10 +304,25 @@ def test_ddp_inside_a_local_sweep_runs_each_job_once_on_its_own_processes(tmp_pa
 
 
 def test_ddp_that_would_rerun_the_command_line_is_refused_inside_a_plain_multirun(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", f"paths.log_dir={tmp_path}", *TINY,
-                             "model.width=0.25", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                             "print_config=false"],
-                            capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            f"paths.log_dir={tmp_path}",
+            *TINY,
+            "model.width=0.25",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "print_config=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        cwd=ROOT,
+        timeout=600,
+    )
     assert result.returncode != 0
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("lnrepro.errors.UserInputError")]
     assert "would start the whole sweep again in every process" in line

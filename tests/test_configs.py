@@ -74,8 +74,9 @@ def test_cosine_warms_up_linearly_then_decays_to_min_lr():
     from lnrepro.training.schedulers import cosine_with_warmup
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    made = cosine_with_warmup(optimizer, steps_per_epoch=10, max_epochs=5, warmup_epochs=1,
-                              warmup_start_factor=0.1, min_lr=0.01)
+    made = cosine_with_warmup(
+        optimizer, steps_per_epoch=10, max_epochs=5, warmup_epochs=1, warmup_start_factor=0.1, min_lr=0.01
+    )
     lrs = []
     for _ in range(50):
         lrs.append(optimizer.param_groups[0]["lr"])

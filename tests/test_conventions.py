@@ -20,8 +20,15 @@ class Residual(nn.Module):
 def test_each_convention_adds_what_it_names():
     # conv 3->4, 3x3, padding 1 on 8x8: 256 outputs x 27; 1x1 conv: 256 x 4; linear 4->2: 8 (addmm, bias included)
     # BN: 256 elements; element-wise: ReLU 256, the residual add 256, global average pooling 256 inputs.
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), Residual(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        Residual(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     counts = count_conventions(net, (3, 8, 8))
     assert counts["conv_linear"] == 256 * 27 + 256 * 4 + 8
     assert counts["with_norm"] == counts["conv_linear"] + 256
@@ -46,5 +53,6 @@ def test_channel_shuffle_counts_nothing():
             return x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
 
     assert count_conventions(Shuffle(), (4, 4, 4)) == {"conv_linear": 0, "with_norm": 0, "with_elementwise": 0}
-    torch.testing.assert_close(Shuffle()(torch.arange(4.).view(1, 4, 1, 1)).flatten(), torch.tensor([0., 2., 1., 3.]))
-
+    torch.testing.assert_close(
+        Shuffle()(torch.arange(4.0).view(1, 4, 1, 1)).flatten(), torch.tensor([0.0, 2.0, 1.0, 3.0])
+    )

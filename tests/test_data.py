@@ -55,8 +55,7 @@ def positions_in(images: torch.Tensor, reference: torch.Tensor) -> list[int]:
 
 
 def cifar(root: Path, **overrides) -> CIFAR10DataModule:
-    kwargs = dict(root=str(root), download=False, verify_checksums=False, batch_size=16, val_size=50,
-                  pin_memory=False)
+    kwargs = dict(root=str(root), download=False, verify_checksums=False, batch_size=16, val_size=50, pin_memory=False)
     datamodule = CIFAR10DataModule(**{**kwargs, **overrides})
     datamodule.setup()
     return datamodule
@@ -105,13 +104,16 @@ def test_cifar10_subset_keeps_the_first_n_remaining_training_images(fake_cifar10
     assert torch.equal(subset.test_set.images, full.test_set.images)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(subset=0), "data.subset"),
-    (dict(val_size=0), "data.val_size"),
-    (dict(val_size=200), "data.val_size"),
-    (dict(num_classes=100), "data.num_classes"),
-    (dict(batch_size=0), "data.batch_size"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(subset=0), "data.subset"),
+        (dict(val_size=0), "data.val_size"),
+        (dict(val_size=200), "data.val_size"),
+        (dict(num_classes=100), "data.num_classes"),
+        (dict(batch_size=0), "data.batch_size"),
+    ],
+)
 def test_cifar10_impossible_settings(fake_cifar10, overrides, message):
     with pytest.raises(UserInputError, match=message):
         cifar(fake_cifar10, **overrides)
@@ -125,8 +127,9 @@ def test_checksum_mismatch_names_the_switch(fake_cifar10):
 
 def test_checksums_that_match_load_without_warning(fake_cifar10, monkeypatch, caplog):
     # Make the fake files "official": verification must then compute and compare, not just refuse.
-    md5 = {name: hashlib.md5((fake_cifar10 / FOLDER / name).read_bytes()).hexdigest()
-           for name in TRAIN_FILES + TEST_FILES}
+    md5 = {
+        name: hashlib.md5((fake_cifar10 / FOLDER / name).read_bytes()).hexdigest() for name in TRAIN_FILES + TEST_FILES
+    }
     monkeypatch.setattr("lnrepro.data.cifar10._official_md5", lambda: md5)
     with caplog.at_level(logging.WARNING):
         datamodule = cifar(fake_cifar10, verify_checksums=True)
@@ -147,8 +150,9 @@ def test_unverified_load_logs_a_warning(fake_cifar10, caplog):
         datamodule = cifar(fake_cifar10, verify_checksums=False)
     assert len(datamodule.train_set) == 150
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("data.verify_checksums=false" in r.getMessage() and str(fake_cifar10) in r.getMessage()
-               for r in warnings), [r.getMessage() for r in warnings]
+    assert any(
+        "data.verify_checksums=false" in r.getMessage() and str(fake_cifar10) in r.getMessage() for r in warnings
+    ), [r.getMessage() for r in warnings]
 
 
 def _truncate(path: Path) -> None:
@@ -188,8 +192,9 @@ def _not_a_batch(path: Path) -> None:
         pickle.dump([1, 2, 3], file)
 
 
-@pytest.mark.parametrize("damage", [_truncate, _empty, _garbage, _missing_label, _label_out_of_range,
-                                    _wrong_image_size, _not_a_batch])
+@pytest.mark.parametrize(
+    "damage", [_truncate, _empty, _garbage, _missing_label, _label_out_of_range, _wrong_image_size, _not_a_batch]
+)
 @pytest.mark.parametrize("name", ["data_batch_3", "test_batch"])
 def test_corrupt_batch_file_is_named(fake_cifar10, damage, name):
     path = fake_cifar10 / FOLDER / name
@@ -257,14 +262,18 @@ def find_window(output: torch.Tensor, image: torch.Tensor, padding: int) -> list
     found = []
     for dy in range(2 * padding + 1):
         for dx in range(2 * padding + 1):
-            window = padded[:, dy:dy + height, dx:dx + width]
-            found += [(dy, dx, flipped) for flipped in (False, True)
-                      if torch.equal(output, window.flip(-1) if flipped else window)]
+            window = padded[:, dy : dy + height, dx : dx + width]
+            found += [
+                (dy, dx, flipped)
+                for flipped in (False, True)
+                if torch.equal(output, window.flip(-1) if flipped else window)
+            ]
     return found
 
 
-@pytest.mark.parametrize("shape, padding, dtype", [((64, 3, 32, 32), 4, torch.uint8),
-                                                   ((48, 2, 12, 20), 3, torch.float32)])
+@pytest.mark.parametrize(
+    "shape, padding, dtype", [((64, 3, 32, 32), 4, torch.uint8), ((48, 2, 12, 20), 3, torch.float32)]
+)
 def test_random_crop_flip_is_a_window_of_the_padded_image(shape, padding, dtype):
     torch.manual_seed(0)
     images = torch.randint(1, 256, shape).to(dtype)  # no zeros: padding is recognisable
@@ -461,8 +470,17 @@ def image_tree(tmp_path) -> Path:
 def imagefolder(root: Path, **overrides):
     from lnrepro.data.imagenet import ImageFolderDataModule
 
-    kwargs = dict(root=str(root), batch_size=4, num_workers=0, val_size=3, train_crop=32, eval_resize=36,
-                  eval_crop=32, num_classes=3, pin_memory=False)
+    kwargs = dict(
+        root=str(root),
+        batch_size=4,
+        num_workers=0,
+        val_size=3,
+        train_crop=32,
+        eval_resize=36,
+        eval_crop=32,
+        num_classes=3,
+        pin_memory=False,
+    )
     return ImageFolderDataModule(**{**kwargs, **overrides})
 
 
@@ -499,13 +517,16 @@ def test_image_folder_hold_out_is_seeded(image_tree):
     assert val_indices(0) == val_indices(0) != val_indices(1)
 
 
-@pytest.mark.parametrize("options, names", [
-    (dict(auto_augment="rand-m9-mstd0.5"), ["RandAugment"]),
-    (dict(auto_augment="autoaugment"), ["AutoAugment"]),
-    (dict(random_erasing=0.5), ["RandomErasing"]),
-    (dict(color_jitter=0.4), ["ColorJitter"]),
-    (dict(auto_augment="rand-m9-mstd0.5", random_erasing=0.25, color_jitter=0.4), ["RandAugment", "RandomErasing"]),
-])
+@pytest.mark.parametrize(
+    "options, names",
+    [
+        (dict(auto_augment="rand-m9-mstd0.5"), ["RandAugment"]),
+        (dict(auto_augment="autoaugment"), ["AutoAugment"]),
+        (dict(random_erasing=0.5), ["RandomErasing"]),
+        (dict(color_jitter=0.4), ["ColorJitter"]),
+        (dict(auto_augment="rand-m9-mstd0.5", random_erasing=0.25, color_jitter=0.4), ["RandAugment", "RandomErasing"]),
+    ],
+)
 def test_image_folder_augmentations_build_and_run(image_tree, options, names):
     datamodule = imagefolder(image_tree, **options)
     datamodule.setup()
@@ -550,8 +571,7 @@ needs_real_cifar10 = pytest.mark.skipif(not (SHARED_CIFAR10 / FOLDER).is_dir(), 
 
 @needs_real_cifar10
 def test_real_cifar10_loads_unverified():
-    datamodule = CIFAR10DataModule(root=str(SHARED_CIFAR10), download=False, verify_checksums=False,
-                                   pin_memory=False)
+    datamodule = CIFAR10DataModule(root=str(SHARED_CIFAR10), download=False, verify_checksums=False, pin_memory=False)
     datamodule.setup()
     train, val, test = datamodule.train_set, datamodule.val_set, datamodule.test_set
     assert (len(train), len(val), len(test)) == (45_000, 5_000, 10_000)
@@ -565,7 +585,6 @@ def test_real_cifar10_loads_unverified():
 
 @needs_real_cifar10
 def test_real_cifar10_copy_fails_verification_clearly():
-    datamodule = CIFAR10DataModule(root=str(SHARED_CIFAR10), download=False, verify_checksums=True,
-                                   pin_memory=False)
+    datamodule = CIFAR10DataModule(root=str(SHARED_CIFAR10), download=False, verify_checksums=True, pin_memory=False)
     with pytest.raises(UserInputError, match=r"does not match the official CIFAR-10 md5.*data\.verify_checksums=false"):
         datamodule.setup()

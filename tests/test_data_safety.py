@@ -153,6 +153,7 @@ def record(events: Path, line: str) -> None:
 
 def slow_download(source: Path, events: Path):
     """Stands in for torchvision: copies `source`'s files in pieces, slowly, so that the race has time to happen."""
+
     def download(root) -> None:
         record(events, "start")
         folder = Path(root) / FOLDER
@@ -160,7 +161,7 @@ def slow_download(source: Path, events: Path):
         for name in ALL_FILES:
             data = (source / FOLDER / name).read_bytes()
             with open(folder / name, "wb") as file:
-                for piece in (data[: len(data) // 2], data[len(data) // 2:]):
+                for piece in (data[: len(data) // 2], data[len(data) // 2 :]):
                     file.write(piece)
                     file.flush()
                     time.sleep(0.03)
@@ -270,8 +271,10 @@ def imagefolder(root: Path, **overrides):
     """test_data's folder data module, at this file's smaller tree (2 classes, 16-pixel crops)."""
     from tests.test_data import imagefolder as imagefolder_of_test_data
 
-    return imagefolder_of_test_data(root, **{**dict(batch_size=2, val_size=2, train_crop=16, eval_resize=18,
-                                                   eval_crop=16, num_classes=2), **overrides})
+    return imagefolder_of_test_data(
+        root,
+        **{**dict(batch_size=2, val_size=2, train_crop=16, eval_resize=18, eval_crop=16, num_classes=2), **overrides},
+    )
 
 
 def test_unreadable_image_is_named_in_one_line(small_tree):

@@ -9,9 +9,19 @@ from types import SimpleNamespace
 
 import pytest
 
-from lnrepro.experiments.shufflenetv2_guidelines import (GUIDELINES, PAPER_BASES, PAPER_FIGURES, elementwise_bytes,
-                                                         g1_channels, g2_channels, g3_channels, paper_figures,
-                                                         run_guideline, run_guidelines, settings)
+from lnrepro.experiments.shufflenetv2_guidelines import (
+    GUIDELINES,
+    PAPER_BASES,
+    PAPER_FIGURES,
+    elementwise_bytes,
+    g1_channels,
+    g2_channels,
+    g3_channels,
+    paper_figures,
+    run_guideline,
+    run_guidelines,
+    settings,
+)
 from lnrepro.profiling import count_macs, memory_access_cost
 from lnrepro.tasks.profile import profile
 
@@ -23,8 +33,10 @@ PLATFORMS = sorted(PAPER_BASES)
 
 def counted(guideline: str, base: int, size: int = SIZE) -> list[tuple[str, int, int]]:
     """(setting, FLOPs, MAC bytes) of each row, one block (every row stacks the same number of blocks)."""
-    return [(s.name, count_macs(s.network, s.input_shape).flops, memory_access_cost(s.network, s.input_shape).total)
-            for s in settings(guideline, base, size, blocks=1)]
+    return [
+        (s.name, count_macs(s.network, s.input_shape).flops, memory_access_cost(s.network, s.input_shape).total)
+        for s in settings(guideline, base, size, blocks=1)
+    ]
 
 
 def test_paper_channel_settings():
@@ -64,8 +76,10 @@ def test_g3_parallel_and_series_differ_only_in_structure():
     rows = {s.name: s for s in settings("g3", 64, 8, blocks=1)}
     for n in (2, 4):
         series, parallel = rows[f"{n}-fragment-series"], rows[f"{n}-fragment-parallel"]
-        assert count_macs(series.network, series.input_shape).flops == count_macs(parallel.network,
-                                                                                  parallel.input_shape).flops
+        assert (
+            count_macs(series.network, series.input_shape).flops
+            == count_macs(parallel.network, parallel.input_shape).flops
+        )
         assert elementwise_bytes(series.network, series.input_shape) == 0
         assert elementwise_bytes(parallel.network, parallel.input_shape) > 0
 
@@ -134,8 +148,10 @@ def test_unknown_guideline_is_an_error():
         settings("g5", 8)
 
 
-@pytest.mark.parametrize("override, named", [("profile.guidelines=[g1,g5]", "'g5'"),
-                                              ("profile.guideline.rounds=0", "profile.guideline.rounds")])
+@pytest.mark.parametrize(
+    "override, named",
+    [("profile.guidelines=[g1,g5]", "'g5'"), ("profile.guideline.rounds=0", "profile.guideline.rounds")],
+)
 def test_profile_py_refuses_bad_guideline_options_in_one_line(tmp_path, capsys, override, named):
     from lnrepro.tasks.common import run_task
 
@@ -148,9 +164,18 @@ def test_profile_py_refuses_bad_guideline_options_in_one_line(tmp_path, capsys, 
 
 
 def test_preset_runs_through_the_profile_task(tmp_path, capsys):
-    cfg = compose_config("profile", tmp_path / "run", [
-        "experiment=shufflenetv2_guidelines", "profile.guideline.scale=0.125", "profile.guideline.size=4",
-        "profile.guideline.blocks=1", "profile.runs=1", "profile.warmup=0"])
+    cfg = compose_config(
+        "profile",
+        tmp_path / "run",
+        [
+            "experiment=shufflenetv2_guidelines",
+            "profile.guideline.scale=0.125",
+            "profile.guideline.size=4",
+            "profile.guideline.blocks=1",
+            "profile.runs=1",
+            "profile.warmup=0",
+        ],
+    )
     assert list(cfg.profile.guidelines) == ["g1", "g2", "g3", "g4"]
     tables = profile(cfg)
     assert [len(tables[g]) for g in GUIDELINES] == [4, 4, 5, 4]
@@ -173,8 +198,7 @@ def test_run_guidelines_reports_every_timing_of_every_table(monkeypatch):
 
     monkeypatch.setattr(guidelines, "inference_throughput", fake_throughput)
     calls = []
-    tables = run_guidelines(["g2", "g3"], progress=lambda *call: calls.append(call), base=8, size=4, blocks=1,
-                            rounds=2)
+    tables = run_guidelines(["g2", "g3"], progress=lambda *call: calls.append(call), base=8, size=4, blocks=1, rounds=2)
     total = 2 * (4 + 5)  # rounds x rows of G2 and G3
     assert calls[0] == ("g2", 0, total) and calls[-1] == ("g3", total, total)
     assert [done for _, done, _ in calls] == [*range(0, 9), *range(8, total + 1)]  # G3 starts at G2's 8 timings
@@ -183,8 +207,9 @@ def test_run_guidelines_reports_every_timing_of_every_table(monkeypatch):
 
 
 @pytest.mark.parametrize("terminal", [True, False])
-def test_profile_task_shows_a_progress_bar_on_a_terminal_and_logs_tables_elsewhere(tmp_path, monkeypatch, caplog,
-                                                                                   terminal):
+def test_profile_task_shows_a_progress_bar_on_a_terminal_and_logs_tables_elsewhere(
+    tmp_path, monkeypatch, caplog, terminal
+):
     import io
     import logging
 
@@ -197,9 +222,17 @@ def test_profile_task_shows_a_progress_bar_on_a_terminal_and_logs_tables_elsewhe
     screen = io.StringIO()
     # the console rich.get_console() hands out: a terminal or not, as the parameter says
     monkeypatch.setattr(rich, "_console", Console(file=screen, force_terminal=terminal, width=120))
-    cfg = compose_config("profile", tmp_path / "run", [
-        "experiment=shufflenetv2_guidelines", "profile.guideline.scale=0.125", "profile.guideline.size=4",
-        "profile.guideline.blocks=1", "profile.guideline.rounds=2"])
+    cfg = compose_config(
+        "profile",
+        tmp_path / "run",
+        [
+            "experiment=shufflenetv2_guidelines",
+            "profile.guideline.scale=0.125",
+            "profile.guideline.size=4",
+            "profile.guideline.blocks=1",
+            "profile.guideline.rounds=2",
+        ],
+    )
     with caplog.at_level(logging.INFO, logger="lnrepro"):
         profile(cfg)
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("benchmarking")]

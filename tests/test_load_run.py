@@ -26,8 +26,16 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     from lnrepro.tasks import train
 
     out = tmp_path_factory.mktemp("run")
-    train(compose_config("train", out, FAST + NO_PROGRESS_BAR + SYNTHETIC + [
-        "model=ghostnet", "model.width=0.25", "data.image_size=16", "test=false"]))
+    train(
+        compose_config(
+            "train",
+            out,
+            FAST
+            + NO_PROGRESS_BAR
+            + SYNTHETIC
+            + ["model=ghostnet", "model.width=0.25", "data.image_size=16", "test=false"],
+        )
+    )
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -49,20 +57,27 @@ def tampered(checkpoint: Path, tmp_path: Path, change) -> Path:
     return path
 
 
-@pytest.mark.parametrize("section, change, message", [
-    ("model", lambda m: m.update(_target_="tests.test_load_run.record_call"), "not lnrepro's"),
-    ("data", lambda d: d.update(_target_="tests.test_load_run.record_call"), "not lnrepro's"),
-    ("model", lambda m: m.update(name="os.system"), "not an lnrepro family"),
-    ("model", lambda m: m.update(activation={"_target_": "tests.test_load_run.record_call"}), "does not have"),
-    ("model", lambda m: m.update(width={"_target_": "tests.test_load_run.record_call"}), "only numbers"),
-    ("data", lambda d: d.update(name="stolen"), "not one of lnrepro's data configs"),
-    # an interpolation would be resolved by OmegaConf: oc.create builds a `_target_` node instantiate would call
-    ("data", lambda d: d.update(batch_size="${oc.create:{_target_: tests.test_load_run.record_call}}"),
-     "not a plain"),
-    ("model", lambda m: m.update(dropout="${oc.env:HOME}"), "not a plain"),
-])
+@pytest.mark.parametrize(
+    "section, change, message",
+    [
+        ("model", lambda m: m.update(_target_="tests.test_load_run.record_call"), "not lnrepro's"),
+        ("data", lambda d: d.update(_target_="tests.test_load_run.record_call"), "not lnrepro's"),
+        ("model", lambda m: m.update(name="os.system"), "not an lnrepro family"),
+        ("model", lambda m: m.update(activation={"_target_": "tests.test_load_run.record_call"}), "does not have"),
+        ("model", lambda m: m.update(width={"_target_": "tests.test_load_run.record_call"}), "only numbers"),
+        ("data", lambda d: d.update(name="stolen"), "not one of lnrepro's data configs"),
+        # an interpolation would be resolved by OmegaConf: oc.create builds a `_target_` node instantiate would call
+        (
+            "data",
+            lambda d: d.update(batch_size="${oc.create:{_target_: tests.test_load_run.record_call}}"),
+            "not a plain",
+        ),
+        ("model", lambda m: m.update(dropout="${oc.env:HOME}"), "not a plain"),
+    ],
+)
 def test_a_checkpoint_naming_foreign_code_or_options_is_refused_and_nothing_is_called(
-        trained_checkpoint, tmp_path, section, change, message):
+    trained_checkpoint, tmp_path, section, change, message
+):
     path = tampered(trained_checkpoint, tmp_path, lambda stored: change(stored[section]))
     CALLS.clear()
     with pytest.raises(UserInputError, match=message):
@@ -77,8 +92,12 @@ def test_eval_refuses_a_foreign_target_in_one_line(trained_checkpoint, tmp_path)
     from tests.conftest import ROOT
 
     path = tampered(trained_checkpoint, tmp_path, lambda s: s["model"].update(_target_="builtins.exec"))
-    result = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt_path={path}",
-                             f"paths.log_dir={tmp_path / 'logs'}"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), f"ckpt_path={path}", f"paths.log_dir={tmp_path / 'logs'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: checkpoint")
     assert "Traceback" not in result.stderr

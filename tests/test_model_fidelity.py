@@ -67,8 +67,10 @@ def count_flops(model: nn.Module, resolution: int, conv_only: bool = False) -> f
 
 
 def assert_close(value: float, target: float, rel: float, what: str) -> None:
-    assert math.isclose(value, target, rel_tol=rel), f"{what}: {value:,.0f} vs published {target:,.0f} " \
+    assert math.isclose(value, target, rel_tol=rel), (
+        f"{what}: {value:,.0f} vs published {target:,.0f} "
         f"({(value / target - 1) * 100:+.2f}%, tolerance {rel * 100:g}%)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -118,9 +120,7 @@ def test_cifar10_seed_table_conv_figures(row):
 CIFAR_PUBLISHED_ROWS = [r for r in read_rows("cifar10_published.csv") if r["params"]]
 
 
-@pytest.mark.parametrize(
-    "row", CIFAR_PUBLISHED_ROWS, ids=[f"{r['model']}-{r['width']}" for r in CIFAR_PUBLISHED_ROWS]
-)
+@pytest.mark.parametrize("row", CIFAR_PUBLISHED_ROWS, ids=[f"{r['model']}-{r['width']}" for r in CIFAR_PUBLISHED_ROWS])
 def test_cifar10_published_ports(row):
     model = build_model(row["model"], width=float(row["width"]), num_classes=10, stem="cifar")
     assert_close(count_params(model), parse_count(row["params"]), 0.01, "params")
@@ -180,8 +180,12 @@ TWINS = [
     ("tv-mobilenet_v3_large", _torchvision("mobilenet_v3_large"), "mobilenet_v3_large", {}),
     ("tv-mobilenet_v3_small", _torchvision("mobilenet_v3_small"), "mobilenet_v3_small", {}),
     *[
-        (f"tv-shufflenet_v2_x{w}", _torchvision(f"shufflenet_v2_x{w}".replace(".", "_")), "shufflenet_v2",
-         dict(width=w))
+        (
+            f"tv-shufflenet_v2_x{w}",
+            _torchvision(f"shufflenet_v2_x{w}".replace(".", "_")),
+            "shufflenet_v2",
+            dict(width=w),
+        )
         for w in (0.5, 1.0, 1.5, 2.0)
     ],
     ("tv-resnet34", _torchvision("resnet34"), "resnet34", {}),
@@ -241,8 +245,9 @@ def test_pretrained_with_other_num_classes_reinitialises_only_the_classifier(
     fresh = build_model(name, num_classes=10, **kwargs)
     with caplog.at_level(logging.INFO, logger="lnrepro.models"):
         ours = build_model(name, num_classes=10, pretrained=tmp_path / "weights.pth", **kwargs).eval()
-    assert any("classifier re-initialised" in r.getMessage() and "1000 classes" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "classifier re-initialised" in r.getMessage() and "1000 classes" in r.getMessage() for r in caplog.records
+    )
     ref_values = [t for k, t in reference.state_dict().items() if not k.endswith("num_batches_tracked")]
     own = {k: t for k, t in ours.state_dict().items() if not k.endswith("num_batches_tracked")}
     classifier = {k for k in own if k.startswith(ours.classifier_name + ".")}

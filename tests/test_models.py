@@ -213,8 +213,9 @@ def test_shufflenet_v2_channels_at_any_width():
 
 def test_conv_switch_replaces_the_right_convs():
     def kernels(model):
-        return sorted({(m.kernel_size[0], m.groups == m.in_channels != 1) for m in model.modules()
-                       if isinstance(m, nn.Conv2d)})
+        return sorted(
+            {(m.kernel_size[0], m.groups == m.in_channels != 1) for m in model.modules() if isinstance(m, nn.Conv2d)}
+        )
 
     # ResNet34, CIFAR: only 3x3 convs (standard) or 3x3 depthwise + 1x1 (dwpw); 1x1 shortcuts in both.
     assert kernels(build_model("resnet34", stem="cifar", conv="standard")) == [(1, False), (3, False)]
@@ -270,19 +271,27 @@ BAD_INPUT = [
     ("mobilenet_v2", dict(stem="tiny"), "unknown stem 'tiny'; choose one of: imagenet, cifar"),
     ("ghostnet", dict(conv="sparse"), "unknown conv kind 'sparse'; choose one of: standard, dwpw, ghost"),
     ("vgg16", dict(conv="depthwise"), "unknown conv kind 'depthwise'; choose one of: standard, dwpw, ghost"),
-    ("mobilenet_v2", dict(conv="ghost"), "mobilenet_v2 has no conv-kind switch (conv='ghost'); model.conv applies "
-                                         "to ghostnet, resnet34, vgg16 only"),
+    (
+        "mobilenet_v2",
+        dict(conv="ghost"),
+        "mobilenet_v2 has no conv-kind switch (conv='ghost'); model.conv applies to ghostnet, resnet34, vgg16 only",
+    ),
     ("shufflenet_v1", dict(groups=5), "shufflenet_v1: groups=5 is not supported; choose one of 1, 2, 3, 4, 8"),
-    ("shufflenet_v2", dict(groups=2), "shufflenet_v2 has no groups option (groups=2); model.groups applies to "
-                                      "shufflenet_v1 only"),
+    (
+        "shufflenet_v2",
+        dict(groups=2),
+        "shufflenet_v2 has no groups option (groups=2); model.groups applies to shufflenet_v1 only",
+    ),
     ("shufflenet_v2", dict(width=0), "width must be > 0 (got 0)"),
     ("shufflenet_v2", dict(width=-1), "width must be > 0 (got -1)"),
     ("mobilenet_v2", dict(dropout=1.5), "dropout must be in [0, 1) or null for the paper's value (got 1.5)"),
-    ("mobilenet_v2", dict(activation="relu6"), "mobilenet_v2 does not take option 'activation'; its options are: "
-                                               "none"),
+    ("mobilenet_v2", dict(activation="relu6"), "mobilenet_v2 does not take option 'activation'; its options are: none"),
     ("mobilenet_v1", dict(act="relu6"), "mobilenet_v1 does not take option 'act'; its options are: activation"),
-    ("mobilenet_v1", dict(activation="gelu"), "mobilenet_v1: activation='gelu' is not supported; choose one of: "
-                                              "relu, relu6"),
+    (
+        "mobilenet_v1",
+        dict(activation="gelu"),
+        "mobilenet_v1: activation='gelu' is not supported; choose one of: relu, relu6",
+    ),
 ]
 
 
@@ -313,13 +322,19 @@ def test_pretrained_not_a_state_dict(tmp_path):
 
 def test_pretrained_shape_mismatch_names_the_first_key(tmp_path):
     torch.save(build_model("mobilenet_v2", width=0.5).state_dict(), tmp_path / "w050.pth")
-    with pytest.raises(UserInputError, match=r"key 'features\.0\.0\.weight' has shape \(16, 3, 3, 3\), the model "
-                                             r"needs \(32, 3, 3, 3\)"):
+    with pytest.raises(
+        UserInputError,
+        match=r"key 'features\.0\.0\.weight' has shape \(16, 3, 3, 3\), the model "
+        r"needs \(32, 3, 3, 3\)",
+    ):
         build_model("mobilenet_v2", width=1.0, pretrained=tmp_path / "w050.pth")
 
 
 def test_pretrained_of_another_network_names_the_first_differing_key(tmp_path):
     torch.save(build_model("shufflenet_v2", width=1.0).state_dict(), tmp_path / "shufflenet.pth")
-    with pytest.raises(UserInputError, match=r"does not fit mobilenet_v2: key 'conv1\.0\.weight' \(paired with the "
-                                             r"model's 'features\.0\.0\.weight'\) has shape \(24, 3, 3, 3\)"):
+    with pytest.raises(
+        UserInputError,
+        match=r"does not fit mobilenet_v2: key 'conv1\.0\.weight' \(paired with the "
+        r"model's 'features\.0\.0\.weight'\) has shape \(24, 3, 3, 3\)",
+    ):
         build_model("mobilenet_v2", pretrained=tmp_path / "shufflenet.pth")

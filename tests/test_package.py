@@ -17,11 +17,24 @@ import pytest
 
 from tests.conftest import ROOT
 
-TINY_TRAINING = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16",
-                 "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
-                 "data.batch_size=16", "model.width=0.25", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-                 "trainer.enable_progress_bar=false", "~callbacks.rich_progress_bar", "print_config=false",
-                 "profile.runs=2", "profile.throughput_runs=1", "profile.warmup=0", "profile.batch_size=4"]
+TINY_TRAINING = [
+    "data=synthetic",
+    "data.train_size=32",
+    "data.val_size=16",
+    "data.test_size=16",
+    "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
+    "data.batch_size=16",
+    "model.width=0.25",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.rich_progress_bar",
+    "print_config=false",
+    "profile.runs=2",
+    "profile.throughput_runs=1",
+    "profile.warmup=0",
+    "profile.batch_size=4",
+]
 
 
 def clean_env() -> dict[str, str]:
@@ -38,8 +51,23 @@ def build_wheel(out: Path) -> Path:
         shutil.copy(ROOT / name, source / name)
     for package in ("lnrepro", "hydra_plugins"):  # hydra_plugins: the hydra/launcher=slurm|local launchers
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
-                    "--wheel-dir", str(out / "dist"), str(source)], check=True, env=clean_env(), timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-build-isolation",
+            "--no-deps",
+            "--wheel-dir",
+            str(out / "dist"),
+            str(source),
+        ],
+        check=True,
+        env=clean_env(),
+        timeout=300,
+    )
     (wheel,) = (out / "dist").glob("lnrepro-*.whl")
     return wheel
 
@@ -52,12 +80,33 @@ def installed(tmp_path_factory) -> Path:
     wheel = build_wheel(work)
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                                "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # A plain path line: the project environment's own .pth files (its editable lnrepro) are not processed.
     (site / "project_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
-                    "--no-deps", "--no-index", str(wheel)], check=True, env=clean_env(), timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        env=clean_env(),
+        timeout=300,
+    )
     return venv / "bin"
 
 
@@ -75,17 +124,29 @@ def test_wheel_ships_every_config_and_published_table(tmp_path):
 
 def test_console_scripts_from_the_wheel_work_from_any_directory(installed, tmp_path):
     bin_dir = installed
-    where = subprocess.run([str(bin_dir / "python"), "-c", "import lnrepro; print(lnrepro.__file__)"],
-                           capture_output=True, text=True, check=True, env=clean_env(), cwd=tmp_path).stdout
+    where = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import lnrepro; print(lnrepro.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+        cwd=tmp_path,
+    ).stdout
     assert where.startswith(str(bin_dir.parent)), f"lnrepro imported from {where}, not the new environment"
 
     # The user's own model config beside the package's, used as model=mine.
     (tmp_path / "myconf" / "model").mkdir(parents=True)
     (tmp_path / "myconf" / "model" / "mine.yaml").write_text(
-        "defaults:\n  - shufflenet_v2\n  - _self_\nwidth: 0.25\ndropout: 0.1\n")
-    trained = subprocess.run([str(bin_dir / "lnrepro-train"), "hydra.searchpath=[file://myconf]", "model=mine",
-                              *TINY_TRAINING], capture_output=True, text=True, env=clean_env(), cwd=tmp_path,
-                             timeout=600)
+        "defaults:\n  - shufflenet_v2\n  - _self_\nwidth: 0.25\ndropout: 0.1\n"
+    )
+    trained = subprocess.run(
+        [str(bin_dir / "lnrepro-train"), "hydra.searchpath=[file://myconf]", "model=mine", *TINY_TRAINING],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     (metrics_file,) = (tmp_path / "logs" / "train" / "runs").glob("*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
@@ -93,25 +154,49 @@ def test_console_scripts_from_the_wheel_work_from_any_directory(installed, tmp_p
     assert "test/acc" in metrics and metrics["latency/eager_ms"] > 0 and "test/acc_onnxruntime" in metrics
 
     checkpoint = metrics_file.parent / "checkpoints" / "last.ckpt"
-    evaluated = subprocess.run([str(bin_dir / "lnrepro-eval"), f"ckpt_path={checkpoint}",
-                                "trainer.enable_progress_bar=false"], capture_output=True, text=True,
-                               env=clean_env(), cwd=tmp_path, timeout=600)
+    evaluated = subprocess.run(
+        [str(bin_dir / "lnrepro-eval"), f"ckpt_path={checkpoint}", "trainer.enable_progress_bar=false"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     (eval_file,) = (tmp_path / "logs" / "eval" / "runs").glob("*/metrics.json")
     assert json.loads(eval_file.read_text())["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
 
-    profiled = subprocess.run([str(bin_dir / "lnrepro-profile"), "model=ghostnet", "model.width=0.25",
-                               "data.image_size=16", "profile.runs=2", "profile.throughput_runs=1",
-                               "profile.warmup=0", "profile.batch_size=2", "profile.train=false",
-                               "profile.memory=false"], capture_output=True, text=True, env=clean_env(),
-                              cwd=tmp_path, timeout=600)
+    profiled = subprocess.run(
+        [
+            str(bin_dir / "lnrepro-profile"),
+            "model=ghostnet",
+            "model.width=0.25",
+            "data.image_size=16",
+            "profile.runs=2",
+            "profile.throughput_runs=1",
+            "profile.warmup=0",
+            "profile.batch_size=2",
+            "profile.train=false",
+            "profile.memory=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert profiled.returncode == 0, profiled.stderr[-3000:]
     assert list((tmp_path / "logs" / "profile" / "runs").glob("*/metrics.json"))
 
     # The published tables ship with the package: a name is enough.
-    reported = subprocess.run([str(bin_dir / "lnrepro-report"), "logs", "--reference", "imagenet", "--no-plots",
-                               "--out", "report"], capture_output=True, text=True, env=clean_env(), cwd=tmp_path,
-                              timeout=300)
+    reported = subprocess.run(
+        [str(bin_dir / "lnrepro-report"), "logs", "--reference", "imagenet", "--no-plots", "--out", "report"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert reported.returncode == 0, reported.stderr[-3000:]
     assert "imagenet_published.csv" in reported.stdout and (tmp_path / "report" / "report.md").is_file()
 
@@ -119,11 +204,14 @@ def test_console_scripts_from_the_wheel_work_from_any_directory(installed, tmp_p
 def test_the_model_zoo_needs_only_torch():
     """As timm.create_model: building a network imports no training framework."""
     heavy = ["lightning", "hydra", "omegaconf", "torchmetrics", "timm", "wandb", "onnx", "onnxruntime", "matplotlib"]
-    code = ("import sys; from lnrepro.models import build_model, list_models; "
-            "build_model('ghostnet', num_classes=10, stem='cifar'); assert list_models(); "
-            f"print([m for m in {heavy!r} if m in sys.modules])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(),
-                            cwd=ROOT, timeout=300)
+    code = (
+        "import sys; from lnrepro.models import build_model, list_models; "
+        "build_model('ghostnet', num_classes=10, stem='cifar'); assert list_models(); "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
 
@@ -134,9 +222,19 @@ def test_full_pip_install_into_an_empty_environment(tmp_path):
     wheel = build_wheel(tmp_path)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)], check=True,
-                   env=clean_env(), timeout=1800)
-    result = subprocess.run([str(venv / "bin" / "lnrepro-train"), *TINY_TRAINING], capture_output=True, text=True,
-                            env=clean_env(), cwd=tmp_path, timeout=900)
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
+        check=True,
+        env=clean_env(),
+        timeout=1800,
+    )
+    result = subprocess.run(
+        [str(venv / "bin" / "lnrepro-train"), *TINY_TRAINING],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((tmp_path / "logs" / "train" / "runs").glob("*/metrics.json"))

@@ -40,8 +40,16 @@ def resolved(cfg) -> dict:
 
 
 def test_there_are_presets_for_every_family_on_imagenet():
-    for name in ("ghost_vs_dwpw_cifar10", "width_sweep", "imagenet_mobilenet_v1", "imagenet_mobilenet_v2",
-                 "imagenet_mobilenet_v3", "imagenet_shufflenet_v1", "imagenet_shufflenet_v2", "imagenet_ghostnet"):
+    for name in (
+        "ghost_vs_dwpw_cifar10",
+        "width_sweep",
+        "imagenet_mobilenet_v1",
+        "imagenet_mobilenet_v2",
+        "imagenet_mobilenet_v3",
+        "imagenet_shufflenet_v1",
+        "imagenet_shufflenet_v2",
+        "imagenet_ghostnet",
+    ):
         assert name in PRESETS
 
 
@@ -83,12 +91,14 @@ def test_imagenet_mobilenet_v3_is_torchvisions_rmsprop_recipe(make_train_cfg):
     assert type(optimizer).__name__ == "RMSpropTF"
     group = optimizer.param_groups[0]
     assert (group["lr"], group["weight_decay"], group["alpha"], group["momentum"]) == (0.064, 1e-5, 0.9, 0.9)
-    assert group["eps"] == pytest.approx(0.0316 ** 2, rel=0.01)  # TF-style: inside the square root
+    assert group["eps"] == pytest.approx(0.0316**2, rel=0.01)  # TF-style: inside the square root
     assert cfg.scheduler._target_.endswith(".step") and (cfg.scheduler.step_size, cfg.scheduler.gamma) == (2, 0.973)
     assert cfg.data.batch_size == 1024 and cfg.data.random_erasing == 0.2 and cfg.data.auto_augment
     assert preset_file("imagenet_mobilenet_v3").trainer.max_epochs == 600
-    assert make_train_cfg("experiment=imagenet_mobilenet_v3", "data=imagenet",
-                          "model=mobilenet_v3_small").model.name == "mobilenet_v3_small"
+    assert (
+        make_train_cfg("experiment=imagenet_mobilenet_v3", "data=imagenet", "model=mobilenet_v3_small").model.name
+        == "mobilenet_v3_small"
+    )
 
 
 def test_imagenet_shufflenet_v2_is_the_authors_recipe(make_train_cfg):
@@ -107,13 +117,18 @@ def test_seed_table_preset_sweeps_exactly_its_nine_runs(make_train_cfg):
     cfg = make_train_cfg("experiment=ghost_vs_dwpw_cifar10", "data=cifar10")
     jobs = sweep(cfg)
     combinations = {(job["model"], job["model.conv"]) for job in jobs}
-    assert len(jobs) == 9 and combinations == set(itertools.product(("vgg16", "resnet34", "ghostnet"),
-                                                                   ("standard", "dwpw", "ghost")))
+    assert len(jobs) == 9 and combinations == set(
+        itertools.product(("vgg16", "resnet34", "ghostnet"), ("standard", "dwpw", "ghost"))
+    )
     expected = {row["model"]: row["stem"] for row in seed_rows()}
     seen = {}
     for job in jobs:
-        job_cfg = make_train_cfg("experiment=ghost_vs_dwpw_cifar10", "data=cifar10",
-                                 f"model={job['model']}", f"model.conv={job['model.conv']}")
+        job_cfg = make_train_cfg(
+            "experiment=ghost_vs_dwpw_cifar10",
+            "data=cifar10",
+            f"model={job['model']}",
+            f"model.conv={job['model.conv']}",
+        )
         conv = "conv" if job["model.conv"] == "standard" else job["model.conv"]
         seen[f"{job['model']}_{conv}"] = job_cfg.model.stem
         # the seed's recipe
@@ -127,15 +142,18 @@ def test_seed_table_preset_sweeps_exactly_its_nine_runs(make_train_cfg):
 
 def test_seed_table_preset_stem_follows_the_data_for_other_models_and_yields_to_the_command_line(make_train_cfg):
     assert make_train_cfg("experiment=ghost_vs_dwpw_cifar10", "model=mobilenet_v2").model.stem == "cifar"
-    assert make_train_cfg("experiment=ghost_vs_dwpw_cifar10", "model=ghostnet",
-                          "model.stem=cifar").model.stem == "cifar"
+    assert (
+        make_train_cfg("experiment=ghost_vs_dwpw_cifar10", "model=ghostnet", "model.stem=cifar").model.stem == "cifar"
+    )
 
 
 def test_seed_table_preset_turns_augmentation_off(make_train_cfg):
     data_options = OmegaConf.load(CONF / "data" / "cifar10.yaml")
     if "flip" not in data_options or "crop_padding" not in data_options:
-        pytest.skip("conf/data/cifar10.yaml has no crop_padding/flip options yet: the seed's no-augmentation "
-                    "runs still crop and flip")
+        pytest.skip(
+            "conf/data/cifar10.yaml has no crop_padding/flip options yet: the seed's no-augmentation "
+            "runs still crop and flip"
+        )
     cfg = make_train_cfg("experiment=ghost_vs_dwpw_cifar10", "data=cifar10")
     assert cfg.data.flip is False and cfg.data.crop_padding == 0
 
@@ -158,14 +176,22 @@ def test_seeds_preset_is_the_sgd_cosine_recipe_on_shufflenet_v2_half_over_three_
         assert resolved(cfg)[group] == resolved(recipe)[group]
     assert cfg.data.batch_size == recipe.data.batch_size == 128
     # the published figure the report's verdict is against
-    published = [row for row in csv.DictReader(shipped_table("cifar10").read_text().splitlines())
-                 if row["model"] == "shufflenet_v2" and float(row["width"]) == 0.5]
+    published = [
+        row
+        for row in csv.DictReader(shipped_table("cifar10").read_text().splitlines())
+        if row["model"] == "shufflenet_v2" and float(row["width"]) == 0.5
+    ]
     assert [float(row["top1"]) for row in published] == [90.13]
 
 
 def test_make_reproduce_seeds_trains_the_preset_and_reports_that_very_sweep():
-    out = subprocess.run(["make", "-n", "reproduce-seeds", "ARGS=data.root=/somewhere"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        ["make", "-n", "reproduce-seeds", "ARGS=data.root=/somewhere"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     train = next(line for line in out if "train.py" in line)
     report = next(line for line in out if "report.py" in line)
     sweep_dir = re.search(r"hydra\.sweep\.dir=(\S+)", train).group(1)

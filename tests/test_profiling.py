@@ -14,8 +14,16 @@ from torch import nn
 
 from lnrepro.models import build_model
 from lnrepro.models.layers import DepthwiseSeparable, GhostModule
-from lnrepro.profiling import (count_macs, count_parameters, inference_peak_memory, inference_throughput, latency,
-                               memory_access_cost, training_peak_memory, training_throughput)
+from lnrepro.profiling import (
+    count_macs,
+    count_parameters,
+    inference_peak_memory,
+    inference_throughput,
+    latency,
+    memory_access_cost,
+    training_peak_memory,
+    training_throughput,
+)
 
 from tests.conftest import compose_config
 
@@ -25,8 +33,14 @@ BYTES = 4  # fp32
 
 
 def tiny_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
 
 
 def test_single_conv_counts():
@@ -44,12 +58,15 @@ def test_depthwise_separable_counts():
     depthwise, pointwise, batchnorms = 16 * 9, 16 * 32, 2 * 16 + 2 * 32
     params = count_parameters(block)
     assert (params.total, params.trainable, params.conv) == (depthwise + pointwise + batchnorms,) * 2 + (
-        depthwise + pointwise,)
+        depthwise + pointwise,
+    )
     macs = count_macs(block, SIZE)
     assert macs.macs == macs.conv_macs == (depthwise + pointwise) * PIXELS  # BN/ReLU are not counted
     cost = memory_access_cost(block, SIZE)
-    assert cost.per_layer == {"0.0": (16 * PIXELS + 16 * PIXELS + depthwise) * BYTES,
-                              "1.0": (16 * PIXELS + 32 * PIXELS + pointwise) * BYTES}
+    assert cost.per_layer == {
+        "0.0": (16 * PIXELS + 16 * PIXELS + depthwise) * BYTES,
+        "1.0": (16 * PIXELS + 32 * PIXELS + pointwise) * BYTES,
+    }
     assert cost.total == sum(cost.per_layer.values())
 
 
@@ -101,8 +118,15 @@ def test_peak_memory_is_positive_and_grows_with_the_batch():
     assert large > inference_peak_memory(net, 64, 16).peak_mb
 
 
-PROFILE_FAST = ["data=synthetic", "data.image_size=16", "profile.runs=3", "profile.warmup=1", "profile.batch_size=2",
-                "profile.memory=false", "profile.train=false"]
+PROFILE_FAST = [
+    "data=synthetic",
+    "data.image_size=16",
+    "profile.runs=3",
+    "profile.warmup=1",
+    "profile.batch_size=2",
+    "profile.memory=false",
+    "profile.train=false",
+]
 
 
 def test_profile_task_gives_one_row_per_model(tmp_path, capsys):
@@ -119,9 +143,25 @@ def test_profile_task_gives_one_row_per_model(tmp_path, capsys):
     assert rows[0]["flops"] == 2 * rows[0]["macs"]
 
 
-CALLBACK_KEYS = {"params", "params_trainable", "params_conv", "macs", "flops", "flops_conv", "mac_bytes",
-                 "train/imgs_per_s", "train/epoch_s", "val/epoch_s", "memory/peak_mb", "device", "dtype", "threads",
-                 "batch_size", "input_size", "torch_version"}
+CALLBACK_KEYS = {
+    "params",
+    "params_trainable",
+    "params_conv",
+    "macs",
+    "flops",
+    "flops_conv",
+    "mac_bytes",
+    "train/imgs_per_s",
+    "train/epoch_s",
+    "val/epoch_s",
+    "memory/peak_mb",
+    "device",
+    "dtype",
+    "threads",
+    "batch_size",
+    "input_size",
+    "torch_version",
+}
 # measured by the train task after the fit, in each runtime of profile.runtimes
 RUNTIME_KEYS = {"latency/eager_ms", "latency/eager_p90_ms", "infer/eager_imgs_per_s", "latency/onnxruntime_ms"}
 
@@ -131,10 +171,18 @@ def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
     made = []
     real = train_task.instantiate_callbacks
     monkeypatch.setattr(train_task, "instantiate_callbacks", lambda group: made.extend(real(group)) or made)
-    cfg = make_train_cfg("model=shufflenet_v2", "model.width=0.25", "data.image_size=16", "trainer.max_epochs=2",
-                         "test=false", "profile.end_of_fit=true", "profile.batch_size=16",
-                         "callbacks.efficiency_profile.warmup_steps=2", "profile.runs=3",
-                         "logger=csv")
+    cfg = make_train_cfg(
+        "model=shufflenet_v2",
+        "model.width=0.25",
+        "data.image_size=16",
+        "trainer.max_epochs=2",
+        "test=false",
+        "profile.end_of_fit=true",
+        "profile.batch_size=16",
+        "callbacks.efficiency_profile.warmup_steps=2",
+        "profile.runs=3",
+        "logger=csv",
+    )
     train_task.train(cfg)
     profile = next(c for c in made if type(c).__name__ == "EfficiencyProfile")
     assert CALLBACK_KEYS <= set(profile.metrics)
@@ -170,9 +218,15 @@ def test_callback_times_no_epoch_whose_start_a_mid_epoch_resume_skipped(tmp_path
     data = DataLoader(TensorDataset(torch.randn(40, 3, 8, 8), torch.randint(0, 10, (40,))), batch_size=4)
 
     def fit(epochs, callbacks, ckpt_path=None):
-        pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu"
-                   ).fit(Tiny(), data, ckpt_path=ckpt_path)
+        pl.Trainer(
+            max_epochs=epochs,
+            callbacks=callbacks,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            accelerator="cpu",
+        ).fit(Tiny(), data, ckpt_path=ckpt_path)
 
     # 10 steps per epoch: a checkpoint at step 15 is in the middle of epoch 1.
     fit(2, [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=15, save_top_k=-1)])
@@ -196,7 +250,7 @@ def _write_wandb_log(path: Path, records: list[bytes]) -> None:
             if left < CHUNK.size:
                 out += bytes(left)
                 continue
-            piece, data = data[:left - CHUNK.size], data[left - CHUNK.size:]
+            piece, data = data[: left - CHUNK.size], data[left - CHUNK.size :]
             kind = (FULL if not data else FIRST) if first else (LAST if not data else MIDDLE)
             out += CHUNK.pack(0, len(piece), kind) + piece
             first = False
@@ -216,8 +270,9 @@ def test_offline_reader_joins_records_split_across_blocks(tmp_path):
     item = small.summary.update.add(value_json='"table-file"')
     item.nested_key.extend(["profile/layers", "_type"])
     small.summary.update.add(key="flops", value_json="42")
-    _write_wandb_log(tmp_path / "run-x.wandb", [small.SerializeToString(), big.SerializeToString(),
-                                                small.SerializeToString()])
+    _write_wandb_log(
+        tmp_path / "run-x.wandb", [small.SerializeToString(), big.SerializeToString(), small.SerializeToString()]
+    )
     run = read_offline_run(tmp_path, wait_s=0)  # a hand-written file: no exit record to wait for
     assert run.config["model.width"] == 0.5 and len(run.config["notes"]) == 80_000
     assert run.summary["flops"] == 42 and set(run.tables()) == {"profile/layers"}
@@ -229,9 +284,17 @@ def test_wandb_offline_run_holds_the_profile(make_train_cfg):
     from lnrepro.tasks import train
     from tests.wandb_offline import read_offline_run
 
-    cfg = make_train_cfg("logger=wandb", "model=shufflenet_v2", "model.width=0.25", "data.image_size=16",
-                         "profile.end_of_fit=true", "callbacks.efficiency_profile.warmup_steps=1",
-                         "profile.runs=3", "profile.warmup=1", "profile.throughput_runs=1")
+    cfg = make_train_cfg(
+        "logger=wandb",
+        "model=shufflenet_v2",
+        "model.width=0.25",
+        "data.image_size=16",
+        "profile.end_of_fit=true",
+        "callbacks.efficiency_profile.warmup_steps=1",
+        "profile.runs=3",
+        "profile.warmup=1",
+        "profile.throughput_runs=1",
+    )
     metrics = train(cfg)
     (run_dir,) = (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")
     run = read_offline_run(run_dir)
@@ -263,7 +326,12 @@ def test_profile_task_shows_its_runtimes_on_a_progress_bar(tmp_path, monkeypatch
 
     screen = io.StringIO()
     monkeypatch.setattr(rich, "_console", Console(file=screen, force_terminal=True, width=120))
-    profile(compose_config("profile", tmp_path, ["model=shufflenet_v2", "model.width=0.25", *PROFILE_FAST,
-                                                  "profile.runtimes=[eager,onnxruntime]"]))
+    profile(
+        compose_config(
+            "profile",
+            tmp_path,
+            ["model=shufflenet_v2", "model.width=0.25", *PROFILE_FAST, "profile.runtimes=[eager,onnxruntime]"],
+        )
+    )
     drawn = screen.getvalue()
     assert "shufflenet_v2: eager" in drawn and "shufflenet_v2: onnxruntime" in drawn and "2/2" in drawn

@@ -11,16 +11,25 @@ from tests.conftest import SHARED_CIFAR10
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (SHARED_CIFAR10 / "cifar-10-batches-py").is_dir(),
-                       reason=f"real CIFAR-10 not found at {SHARED_CIFAR10}"),
+    pytest.mark.skipif(
+        not (SHARED_CIFAR10 / "cifar-10-batches-py").is_dir(), reason=f"real CIFAR-10 not found at {SHARED_CIFAR10}"
+    ),
 ]
 
 
 def test_shufflenet_v2_learns_cifar10_from_a_10k_subset(make_train_cfg, tmp_path):
     cfg = make_train_cfg(
-        "data=cifar10", f"data.root={SHARED_CIFAR10}", "data.verify_checksums=false", "data.subset=10000",
-        "data.batch_size=128", "model=shufflenet_v2", "model.width=0.5", "optimizer=sgd", "optimizer.lr=0.1",
-        "scheduler=cosine", "trainer.max_epochs=3",
+        "data=cifar10",
+        f"data.root={SHARED_CIFAR10}",
+        "data.verify_checksums=false",
+        "data.subset=10000",
+        "data.batch_size=128",
+        "model=shufflenet_v2",
+        "model.width=0.5",
+        "optimizer=sgd",
+        "optimizer.lr=0.1",
+        "scheduler=cosine",
+        "trainer.max_epochs=3",
     )
     metrics = train(cfg)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())

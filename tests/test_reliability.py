@@ -36,15 +36,27 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def no_space(*filename: str) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *filename)
 
+
 # What train.py runs in the subprocess drills: 4 steps of 16 synthetic images per epoch, one thread.
-TINY = ["data=synthetic", "data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=16",
-        "model=shufflenet_v2", "model.width=0.5", "trainer.accelerator=cpu", "trainer.devices=1",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "~callbacks.rich_progress_bar",
-        "print_config=false", "profile.end_of_fit=false"]
+TINY = [
+    "data=synthetic",
+    "data.train_size=64",
+    "data.val_size=32",
+    "data.test_size=32",
+    "data.batch_size=16",
+    "model=shufflenet_v2",
+    "model.width=0.5",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "~callbacks.rich_progress_bar",
+    "print_config=false",
+    "profile.end_of_fit=false",
+]
 # Every source of randomness a resumed run must replay: shuffle, crop, flip, cutout, dropout.
 RANDOM = ["model.dropout=0.2", "data.crop_padding=2", "data.flip=true", "data.cutout=4"]
 # The figures a resumed run must reproduce. Not train/*_epoch: Lightning does not checkpoint the running means
@@ -55,8 +67,13 @@ SAME = ("val/acc", "val/acc5", "val/loss", "val/acc_best", "test/acc", "test/los
 def run_train(*overrides: str, log_dir: Path, prefix: str = "", wait: bool = True):
     """train.py as a user runs it (see test_cli.run_script), with one compute thread and `prefix` (a shell
     command, e.g. `ulimit -v N;`) before it."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HYDRA_FULL_ERROR": "0",
+        "OMP_NUM_THREADS": "1",
+    }
     command = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *TINY, *overrides]
     if prefix:
         command = ["bash", "-c", prefix + ' exec "$@"', "bash", *command]
@@ -89,8 +106,9 @@ def tmpfs(directory: Path, size_kib: int):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     directory.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(directory)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(directory)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -118,6 +136,7 @@ def exit_of(task, cfg, capsys) -> tuple[int, str]:
 # Atomic checkpoints
 # --------------------------------------------------------------------------------------------------------------------
 
+
 class FillsUpAfter(io.FileIO):
     """A file on a disk with `budget` bytes left: writes beyond it fail with ENOSPC, as on a full disk."""
 
@@ -126,7 +145,7 @@ class FillsUpAfter(io.FileIO):
     def write(self, data) -> int:
         if FillsUpAfter.budget <= 0:
             raise no_space()
-        data = bytes(data)[:FillsUpAfter.budget]
+        data = bytes(data)[: FillsUpAfter.budget]
         FillsUpAfter.budget -= len(data)
         return super().write(data)
 
@@ -139,8 +158,13 @@ def test_a_checkpoint_write_that_fills_the_disk_leaves_the_previous_one_whole(tm
     written = target.read_bytes()
 
     real_fdopen = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *args, **kwargs: (
-        io.BufferedWriter(FillsUpAfter(fd, "wb")) if "w" in mode else real_fdopen(fd, mode, *args, **kwargs)))
+    monkeypatch.setattr(
+        os,
+        "fdopen",
+        lambda fd, mode="r", *args, **kwargs: (
+            io.BufferedWriter(FillsUpAfter(fd, "wb")) if "w" in mode else real_fdopen(fd, mode, *args, **kwargs)
+        ),
+    )
     FillsUpAfter.budget = 100_000  # the disk fills halfway through the new checkpoint
     bigger = {"state_dict": {"weight": torch.randn(100_000)}, "epoch": 1, "global_step": 8}
     with pytest.raises(OSError) as error:
@@ -167,8 +191,13 @@ for step in range(1, 1000):
 
 def test_kill_9_in_the_middle_of_a_checkpoint_write_leaves_the_previous_one(tmp_path):
     target = tmp_path / "last.ckpt"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True,
-                              cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         while writer.stdout.readline().split() != ["writing", "3"]:  # 64 MB each: two written, the third begun
             assert writer.poll() is None
@@ -201,6 +230,7 @@ def test_every_trainer_config_writes_checkpoints_atomically(make_train_cfg, trai
 # A full disk: one line naming the file
 # --------------------------------------------------------------------------------------------------------------------
 
+
 def _checkpoint_write_then_cleanup_writes(path: Path):
     """How a failed checkpoint reaches run_task: torch.save's RuntimeError, re-raised by the writer as an OSError
     naming the file; then, while Lightning cleans up, the CSV logger's flush fails too."""
@@ -224,10 +254,13 @@ def _unnamed_write(path: Path):
         raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
 
 
-@pytest.mark.parametrize("fail, named, cause", [
-    (_checkpoint_write_then_cleanup_writes, "last.ckpt", "no space left on device"),
-    (_unnamed_write, "metrics.csv", "disk quota exceeded"),
-])
+@pytest.mark.parametrize(
+    "fail, named, cause",
+    [
+        (_checkpoint_write_then_cleanup_writes, "last.ckpt", "no space left on device"),
+        (_unnamed_write, "metrics.csv", "disk quota exceeded"),
+    ],
+)
 def test_a_full_disk_is_one_line_naming_the_first_file_that_failed(tmp_path, capsys, fail, named, cause):
     path = tmp_path / named
     cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
@@ -273,23 +306,26 @@ def test_a_full_tmpfs_under_the_csv_logger_and_the_log_file_is_one_line(tmp_path
         logger.log_metrics({"train/loss": 1.0}, step=0)
         status, stderr = exit_of(lambda cfg: logger.save(), OmegaConf.create({}), capsys)
         assert status == 2
-        assert error_lines(stderr) == [f"error: no space left on device writing {disk / 'csv' / 'metrics.csv'}: "
-                                       "free space or move paths.log_dir"]
+        assert error_lines(stderr) == [
+            f"error: no space left on device writing {disk / 'csv' / 'metrics.csv'}: free space or move paths.log_dir"
+        ]
 
         (disk / "filler").unlink()
         handler = logging.FileHandler(disk / "train.log")
         logging.getLogger().addHandler(handler)
         try:
             fill(disk)
-            status, stderr = exit_of(lambda cfg: logging.getLogger("lnrepro").warning("x" * 10_000),
-                                     OmegaConf.create({}), capsys)
+            status, stderr = exit_of(
+                lambda cfg: logging.getLogger("lnrepro").warning("x" * 10_000), OmegaConf.create({}), capsys
+            )
         finally:
             logging.getLogger().removeHandler(handler)
             (disk / "filler").unlink()
             handler.close()
         assert status == 2
-        assert error_lines(stderr) == [f"error: no space left on device writing {disk / 'train.log'}: "
-                                       "free space or move paths.log_dir"]
+        assert error_lines(stderr) == [
+            f"error: no space left on device writing {disk / 'train.log'}: free space or move paths.log_dir"
+        ]
 
 
 def test_a_bug_keeps_its_traceback():
@@ -320,8 +356,11 @@ def test_a_disk_that_fills_during_training_ends_with_one_line_and_keeps_the_last
         seconds = time.monotonic() - started
         assert result.returncode == 2, result.stderr[-3000:]
         (line,) = error_lines(result.stderr)
-        match = re.fullmatch(r"error: no space left on device writing (\S+): free space or move paths\.log_dir; "
-                             r"resume from the last good checkpoint: ckpt_path=(\S+)", line)
+        match = re.fullmatch(
+            r"error: no space left on device writing (\S+): free space or move paths\.log_dir; "
+            r"resume from the last good checkpoint: ckpt_path=(\S+)",
+            line,
+        )
         assert match, line
         (run_dir,) = disk.glob("train/runs/*")
         failed, last = Path(match[1]), Path(match[2])
@@ -332,8 +371,9 @@ def test_a_disk_that_fills_during_training_ends_with_one_line_and_keeps_the_last
         kept = shutil.copy(last, tmp_path / "last.ckpt")
 
     # The kept checkpoint resumes, elsewhere, to the end.
-    resumed = train(make_train_cfg("model=shufflenet_v2", "model.width=0.5", "trainer.max_epochs=2",
-                                   f"ckpt_path={kept}"))
+    resumed = train(
+        make_train_cfg("model=shufflenet_v2", "model.width=0.5", "trainer.max_epochs=2", f"ckpt_path={kept}")
+    )
     assert (resumed["epochs"], resumed["global_step"]) == (2, 8)
 
 
@@ -341,15 +381,21 @@ def test_a_disk_that_fills_during_training_ends_with_one_line_and_keeps_the_last
 # A batch too big for memory
 # --------------------------------------------------------------------------------------------------------------------
 
+
 def test_out_of_memory_is_one_line_naming_the_batch_size(tmp_path, capsys):
     cfg = OmegaConf.create({"data": {"batch_size": 8192}, "paths": {"output_dir": str(tmp_path)}})
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"kept")
-    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
-                       "you tried to allocate 805306368 bytes. Error code 12 (Cannot allocate memory)")
-    cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of "
-                                  "79.11 GiB of which 3.06 MiB is free.\nOf the allocated memory ...")
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 805306368 bytes. Error code 12 (Cannot allocate memory)"
+    )
+    cuda = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of "
+        "79.11 GiB of which 3.06 MiB is free.\nOf the allocated memory ..."
+    )
     for error, size in ((cpu, "768.0 MiB"), (cuda, "20.00 MiB")):
+
         def task(cfg, error=error):
             raise error
 
@@ -357,15 +403,23 @@ def test_out_of_memory_is_one_line_naming_the_batch_size(tmp_path, capsys):
         assert status == 2
         assert error_lines(stderr) == [
             f"error: out of memory at data.batch_size=8192 (tried to allocate {size}): try a smaller one, e.g. "
-            f"data.batch_size=4096; resume from the last good checkpoint: ckpt_path={tmp_path}/checkpoints/last.ckpt"]
+            f"data.batch_size=4096; resume from the last good checkpoint: ckpt_path={tmp_path}/checkpoints/last.ckpt"
+        ]
 
 
 def virtual_memory_after_imports() -> int:
     """KiB of address space python takes once torch, Lightning and lnrepro are imported."""
-    probe = ("import torch, lightning, hydra, lnrepro.tasks\n"
-             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmPeak')))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    probe = (
+        "import torch, lightning, hydra, lnrepro.tasks\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmPeak')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return int(result.stdout.strip())
 
@@ -375,8 +429,14 @@ def test_a_batch_too_big_for_memory_ends_with_one_line(tmp_path):
     # 1.5 GiB more than the imports: enough to build and validate, not for one layer's output on 16384 images
     # (1.6 GB for the stem alone).
     limit = virtual_memory_after_imports() + 1536 * 1024
-    result = run_train("data.train_size=16384", "data.batch_size=16384", "data.val_size=32", "trainer.max_epochs=1",
-                       log_dir=tmp_path, prefix=f"ulimit -v {limit};")
+    result = run_train(
+        "data.train_size=16384",
+        "data.batch_size=16384",
+        "data.val_size=32",
+        "trainer.max_epochs=1",
+        log_dir=tmp_path,
+        prefix=f"ulimit -v {limit};",
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = error_lines(result.stderr)
     assert line.startswith("error: out of memory at data.batch_size=16384") and "data.batch_size=8192" in line
@@ -385,6 +445,7 @@ def test_a_batch_too_big_for_memory_ends_with_one_line(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # Killed at any moment, resumed from last.ckpt
 # --------------------------------------------------------------------------------------------------------------------
+
 
 class CrashAtStep(pl.Callback):
     """Raise as the batch after optimizer step `step` starts: a kill mid-epoch, after last.ckpt was written."""
@@ -399,13 +460,25 @@ class CrashAtStep(pl.Callback):
 
 def test_a_run_resumed_mid_epoch_matches_an_uninterrupted_one(make_train_cfg, tmp_path):
     # 8 steps per epoch, last.ckpt every 3 steps: the crash at step 11 leaves last.ckpt of step 9, in epoch 1.
-    common = ["model=shufflenet_v2", "model.width=0.5", "data.train_size=128", "trainer.max_epochs=2",
-              "callbacks.last_checkpoint.every_n_train_steps=3", *RANDOM]
+    common = [
+        "model=shufflenet_v2",
+        "model.width=0.5",
+        "data.train_size=128",
+        "trainer.max_epochs=2",
+        "callbacks.last_checkpoint.every_n_train_steps=3",
+        *RANDOM,
+    ]
     full = train(make_train_cfg(*common, output_dir=tmp_path / "full"))
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(make_train_cfg(*common, "+callbacks.crash._target_=tests.test_reliability.CrashAtStep",
-                             "+callbacks.crash.step=11", output_dir=tmp_path / "crashed"))
+        train(
+            make_train_cfg(
+                *common,
+                "+callbacks.crash._target_=tests.test_reliability.CrashAtStep",
+                "+callbacks.crash.step=11",
+                output_dir=tmp_path / "crashed",
+            )
+        )
     last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)
     assert (state["epoch"], state["global_step"]) == (1, 9)
@@ -422,8 +495,7 @@ def metrics_of_dir(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume_matches_an_uninterrupted_run(tmp_path):
     # 16 steps per epoch, last.ckpt every 5: a kill lands mid-epoch, mid-write or between writes.
-    common = ["data.train_size=256", "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=5",
-              *RANDOM]
+    common = ["data.train_size=256", "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=5", *RANDOM]
     started = time.monotonic()
     full = run_train(*common, log_dir=tmp_path / "full", wait=False)  # alongside the one to kill: 2 cores
     killed = run_train(*common, log_dir=tmp_path / "killed", wait=False)

@@ -19,8 +19,17 @@ from tests.conftest import ROOT
 SEED_TABLE = shipped_table("seed")
 IMAGENET = shipped_table("imagenet")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAIN_COLUMNS = ["model", "stem", "params", "flops", "train_s_per_epoch", "val_s", "infer_ms_per_image", "memory_mb",
-                "top1"]
+MAIN_COLUMNS = [
+    "model",
+    "stem",
+    "params",
+    "flops",
+    "train_s_per_epoch",
+    "val_s",
+    "infer_ms_per_image",
+    "memory_mb",
+    "top1",
+]
 
 # (model, conv, stem, params_conv, flops_conv, latency ms, top-1 fraction)
 SEED_RUNS = [
@@ -38,15 +47,44 @@ SEED_RUNS = [
 
 def metrics_for(model, conv=None, stem="cifar", params=1e6, flops=1e8, latency=5.0, top1=0.8, **extra) -> dict:
     metrics = {
-        "model": model, "conv": conv, "groups": None, "width": 1.0, "stem": stem, "data": "cifar10", "seed": 42,
-        "epochs": 50, "global_step": 4400, "test/acc": top1, "test/acc5": 0.99, "test/loss": 0.5,
-        "val/acc": top1, "val/acc_best": top1, "val/acc5": 0.99, "val/loss": 0.5, "train/loss": 0.3,
-        "train/acc": 0.9, "test/ckpt_path": "x.ckpt",
-        "params": params * 1.01, "params_conv": params, "macs": flops * 1.01 / 2, "flops": flops * 1.01,
-        "flops_conv": flops, "mac_bytes": 4e7, "train/imgs_per_s": 5000.0, "train/epoch_s": 9.0,
-        "val/epoch_s": 1.5, "latency_ms": latency, "latency_p90_ms": latency * 1.1, "infer/imgs_per_s": 900.0,
-        "memory/peak_mb": 4096.0, "device": "cpu (fake)", "dtype": "float32", "threads": 2, "batch_size": 512,
-        "input_size": [3, 32, 32], "torch_version": "2.x",
+        "model": model,
+        "conv": conv,
+        "groups": None,
+        "width": 1.0,
+        "stem": stem,
+        "data": "cifar10",
+        "seed": 42,
+        "epochs": 50,
+        "global_step": 4400,
+        "test/acc": top1,
+        "test/acc5": 0.99,
+        "test/loss": 0.5,
+        "val/acc": top1,
+        "val/acc_best": top1,
+        "val/acc5": 0.99,
+        "val/loss": 0.5,
+        "train/loss": 0.3,
+        "train/acc": 0.9,
+        "test/ckpt_path": "x.ckpt",
+        "params": params * 1.01,
+        "params_conv": params,
+        "macs": flops * 1.01 / 2,
+        "flops": flops * 1.01,
+        "flops_conv": flops,
+        "mac_bytes": 4e7,
+        "train/imgs_per_s": 5000.0,
+        "train/epoch_s": 9.0,
+        "val/epoch_s": 1.5,
+        "latency_ms": latency,
+        "latency_p90_ms": latency * 1.1,
+        "infer/imgs_per_s": 900.0,
+        "memory/peak_mb": 4096.0,
+        "device": "cpu (fake)",
+        "dtype": "float32",
+        "threads": 2,
+        "batch_size": 512,
+        "input_size": [3, 32, 32],
+        "torch_version": "2.x",
     }
     metrics.update(extra)
     return metrics
@@ -143,11 +181,19 @@ def test_seed_multirun_report_matches_the_seed_table(seed_multirun):
 
 
 def test_missing_values_are_dashes_and_plots_without_data_are_skipped(tmp_path):
-    bare = {"model": "shufflenet_v2", "conv": None, "groups": None, "width": 0.5, "stem": "cifar",
-            "data": "cifar10", "test/acc": 0.9}  # today's metrics.json: no profile keys
+    bare = {
+        "model": "shufflenet_v2",
+        "conv": None,
+        "groups": None,
+        "width": 0.5,
+        "stem": "cifar",
+        "data": "cifar10",
+        "test/acc": 0.9,
+    }  # today's metrics.json: no profile keys
     write_run(tmp_path / "runs" / "a", bare)
-    write_run(tmp_path / "runs" / "b", {**bare, "model": "mobilenet_v2", "width": 1.0, "test/acc": None,
-                                        "val/acc_best": 0.7})
+    write_run(
+        tmp_path / "runs" / "b", {**bare, "model": "mobilenet_v2", "width": 1.0, "test/acc": None, "val/acc_best": 0.7}
+    )
     report = make_report([tmp_path / "runs"], out_dir=tmp_path / "out")
     rows = read_csv(tmp_path / "out" / "report.csv")
     assert list(rows[0])[: len(MAIN_COLUMNS)] == MAIN_COLUMNS and "ref_model" not in rows[0]
@@ -163,8 +209,16 @@ def test_missing_values_are_dashes_and_plots_without_data_are_skipped(tmp_path):
 
 def test_speed_table_shows_latency_throughput_and_memory_only_when_measured(tmp_path):
     # metrics_for sets p90 = 1.1 x latency, 900 inference and 5000 training img/s, 4096 MB training memory
-    write_run(tmp_path / "runs" / "a", metrics_for("shufflenet_v2", width=0.5, latency=9.5, batch_size=64,
-                                                   **{"memory/infer_peak_mb": 141.2, "input_size": "3x32x32"}))
+    write_run(
+        tmp_path / "runs" / "a",
+        metrics_for(
+            "shufflenet_v2",
+            width=0.5,
+            latency=9.5,
+            batch_size=64,
+            **{"memory/infer_peak_mb": 141.2, "input_size": "3x32x32"},
+        ),
+    )
     write_run(tmp_path / "runs" / "b", {"model": "mobilenet_v2", "width": 1.0, "stem": "cifar", "test/acc": 0.9})
     markdown = make_report([tmp_path / "runs"], out_dir=tmp_path / "out", plots=False).markdown
     assert "| model | latency ms (p90) | infer img/s | train img/s | infer memory | train memory |" in markdown
@@ -201,8 +255,9 @@ def test_a_ghostnet_with_the_wrong_stem_is_not_matched(tmp_path):
 
 def run_report(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, str(ROOT / "report.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "report.py"), *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
 
 
 def test_report_py_prints_the_markdown_and_writes_the_files(seed_multirun, tmp_path):
@@ -252,14 +307,37 @@ def test_report_plots_and_table_go_to_wandb_offline(seed_multirun, tmp_path, mon
 @pytest.mark.slow
 def test_seed_preset_multirun_then_report_gives_nine_matched_rows(tmp_path):
     """`train.py -m experiment=ghost_vs_dwpw_cifar10` on tiny synthetic data, then report.py beside the seed table."""
-    quick = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16", "data.batch_size=16",
-             "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
-             "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
-             "trainer.enable_model_summary=false", "~callbacks.rich_progress_bar", "print_config=false"]
+    quick = [
+        "data=synthetic",
+        "data.train_size=32",
+        "data.val_size=16",
+        "data.test_size=16",
+        "data.batch_size=16",
+        "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "~callbacks.rich_progress_bar",
+        "print_config=false",
+    ]
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    trained = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "experiment=ghost_vs_dwpw_cifar10",
-                              f"paths.log_dir={tmp_path}", *quick], capture_output=True, text=True, env=env, cwd=ROOT,
-                             timeout=1200)
+    trained = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "experiment=ghost_vs_dwpw_cifar10",
+            f"paths.log_dir={tmp_path}",
+            *quick,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=1200,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
     result = run_report(str(sweep_dir), "--reference", str(SEED_TABLE))

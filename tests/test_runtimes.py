@@ -20,8 +20,15 @@ from torch import nn
 from lnrepro.errors import UserInputError
 from lnrepro.models import build_model
 from lnrepro.profiling import runtimes
-from lnrepro.profiling.runtimes import (RUNTIMES, contended, cpu_features, cpu_pressure, measure_runtime, prepare,
-                                        runtime_accuracy)
+from lnrepro.profiling.runtimes import (
+    RUNTIMES,
+    contended,
+    cpu_features,
+    cpu_pressure,
+    measure_runtime,
+    prepare,
+    runtime_accuracy,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,8 +58,17 @@ def randomised(model: nn.Module, size: int, seed: int = 0) -> nn.Module:
 
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)
-    return randomised(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)), 16)
+    return randomised(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 10),
+        ),
+        16,
+    )
 
 
 def zoo_net(name: str, size: int = 32) -> nn.Module:
@@ -112,11 +128,14 @@ def test_compiled_without_a_compiler_is_refused(monkeypatch):
         prepare("compiled", tiny_net(), 16)
 
 
-@pytest.mark.parametrize("calibration, message", [
-    (None, "needs calibration images"),
-    (torch.zeros(0, 3, 16, 16), "calibration has 0 images"),
-    (torch.zeros(4, 3, 32, 32), "calibration images are"),
-])
+@pytest.mark.parametrize(
+    "calibration, message",
+    [
+        (None, "needs calibration images"),
+        (torch.zeros(0, 3, 16, 16), "calibration has 0 images"),
+        (torch.zeros(4, 3, 32, 32), "calibration images are"),
+    ],
+)
 def test_int8_without_calibration_images_is_refused(calibration, message):
     with pytest.raises(UserInputError, match=message):
         prepare("onnxruntime_int8", tiny_net(), 16, calibration=calibration)
@@ -153,8 +172,10 @@ def test_onnxruntime_fp32_matches_eager(name, size, tmp_path):
         logits, expected = runner(batch), eager_logits(model, batch)
         assert logits.shape == (count, 10) and logits.dtype == torch.float32
         difference = float((logits - expected).abs().max())
-        print(f"{name}: |ONNX Runtime - eager| = {difference:.2e} at batch {count} "
-              f"(logit std {float(expected.std()):.2f})")
+        print(
+            f"{name}: |ONNX Runtime - eager| = {difference:.2e} at batch {count} "
+            f"(logit std {float(expected.std()):.2f})"
+        )
         assert difference < ONNX_BOUND
     assert runner.facts["onnxruntime/max_abs_diff"] < ONNX_BOUND
     assert runner.facts["onnxruntime/provider"] == "CPUExecutionProvider"
@@ -172,11 +193,16 @@ def test_onnxruntime_int8_follows_eager(name, size):
     batch = images(64, size, 5)
     logits, expected = runner(batch), eager_logits(model, batch)
     assert logits.shape == (64, 10)
-    correlation = float(F.cosine_similarity(logits - logits.mean(1, keepdim=True),
-                                            expected - expected.mean(1, keepdim=True), dim=1).mean())
+    correlation = float(
+        F.cosine_similarity(
+            logits - logits.mean(1, keepdim=True), expected - expected.mean(1, keepdim=True), dim=1
+        ).mean()
+    )
     agreement = float((logits.argmax(1) == expected.argmax(1)).float().mean())
-    print(f"{name}: int8 vs eager correlation {correlation:.4f}, argmax agreement {agreement:.3f}, "
-          f"max |difference| {float((logits - expected).abs().max()):.3f} (logit std {float(expected.std()):.2f})")
+    print(
+        f"{name}: int8 vs eager correlation {correlation:.4f}, argmax agreement {agreement:.3f}, "
+        f"max |difference| {float((logits - expected).abs().max()):.3f} (logit std {float(expected.std()):.2f})"
+    )
     assert correlation > 0.9 and agreement >= 0.75
     facts = runner.facts
     assert facts["onnxruntime_int8/calibration_images"] == 32
@@ -203,8 +229,10 @@ def test_compiled_runs_and_leaves_the_network_uncompiled():
     assert logits.shape == (1, 10)
     assert torch.allclose(logits, eager_logits(model, batch), atol=1e-4)
     facts = runner.facts
-    print(f"compile: {facts['compile/1_s']:.1f} s (cache warm: {facts['compile/cache_warm']}), "
-          f"again {again.facts['compile/1_s']:.1f} s")
+    print(
+        f"compile: {facts['compile/1_s']:.1f} s (cache warm: {facts['compile/cache_warm']}), "
+        f"again {again.facts['compile/1_s']:.1f} s"
+    )
     assert facts["compile/1_s"] > 0 and facts["compile/graphs"] >= 1 and facts["compiled/max_abs_diff"] < 1e-4
     assert again.facts["compile/cache_warm"] is True and again.facts["compile/graphs"] >= 1
     assert type(again.run.compiled._orig_mod) is nn.Sequential
@@ -244,15 +272,29 @@ def test_compiled_reports_a_cold_cache_and_each_shape():
 # --- measurement and accuracy --------------------------------------------------------------------------------------
 def test_measure_runtime_keys_and_restores_the_mode(tmp_path):
     model = tiny_net().train()
-    metrics = measure_runtime("onnxruntime", model, 16, batch_size=4, runs=5, throughput_runs=2, warmup=1,
-                              workdir=tmp_path)
+    metrics = measure_runtime(
+        "onnxruntime", model, 16, batch_size=4, runs=5, throughput_runs=2, warmup=1, workdir=tmp_path
+    )
     assert model.training
     assert set(metrics) == {
-        "prepare/onnxruntime_s", "latency/onnxruntime_ms", "latency/onnxruntime_p90_ms",
-        "infer/onnxruntime_imgs_per_s", "latency/onnxruntime_cpu_pressure", "latency/onnxruntime_contended",
-        "onnxruntime/export_s", "onnxruntime/model_bytes", "onnxruntime/provider", "onnxruntime/version",
+        "prepare/onnxruntime_s",
+        "latency/onnxruntime_ms",
+        "latency/onnxruntime_p90_ms",
+        "infer/onnxruntime_imgs_per_s",
+        "latency/onnxruntime_cpu_pressure",
+        "latency/onnxruntime_contended",
+        "onnxruntime/export_s",
+        "onnxruntime/model_bytes",
+        "onnxruntime/provider",
+        "onnxruntime/version",
         "onnxruntime/max_abs_diff",
-        "cpu/model", "cpu/avx2", "cpu/avx512", "cpu/vnni", "cpu/amx", "cpu/bf16"}
+        "cpu/model",
+        "cpu/avx2",
+        "cpu/avx512",
+        "cpu/vnni",
+        "cpu/amx",
+        "cpu/bf16",
+    }
     assert 0 < metrics["latency/onnxruntime_ms"] <= metrics["latency/onnxruntime_p90_ms"]
     assert metrics["infer/onnxruntime_imgs_per_s"] > 0 and metrics["prepare/onnxruntime_s"] > 0
     assert isinstance(metrics["latency/onnxruntime_contended"], bool)
@@ -283,8 +325,17 @@ def test_every_runtime_on_shufflenet_v2(tmp_path):
     (printed, with what preparing each cost)."""
     model = zoo_net("shufflenet_v2", 32)
     for runtime in RUNTIMES:
-        metrics = measure_runtime(runtime, model, 32, batch_size=8, runs=10, throughput_runs=2, warmup=2,
-                                  calibration=images(16, 32, 7), workdir=tmp_path / runtime)
+        metrics = measure_runtime(
+            runtime,
+            model,
+            32,
+            batch_size=8,
+            runs=10,
+            throughput_runs=2,
+            warmup=2,
+            calibration=images(16, 32, 7),
+            workdir=tmp_path / runtime,
+        )
         assert metrics[f"latency/{runtime}_ms"] > 0 and metrics[f"infer/{runtime}_imgs_per_s"] > 0
         print(runtime, {key: value for key, value in metrics.items() if not key.startswith("cpu/")})
         if runtime == "compiled":

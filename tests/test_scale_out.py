@@ -28,8 +28,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def no_launcher_env(monkeypatch):
-    for name in (*distributed.RANK_VARIABLES, "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
-                 "SLURM_RESTART_COUNT", "LNREPRO_TASKS_PER_NODE", "LNREPRO_NUM_NODES"):
+    for name in (
+        *distributed.RANK_VARIABLES,
+        "SLURM_JOB_ID",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_RESTART_COUNT",
+        "LNREPRO_TASKS_PER_NODE",
+        "LNREPRO_NUM_NODES",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -52,8 +59,15 @@ class _Data:
 
 
 def _ddp_trainer(devices: int = 2) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def test_each_process_gets_its_share_of_the_global_batch(no_launcher_env):
@@ -74,9 +88,16 @@ def test_ddp_that_relaunches_the_command_line_is_refused_inside_a_multirun(no_la
 
 
 def test_new_metrics_keys_are_declared_apart_from_the_profile_batch():
-    for key in (schema.WORLD_SIZE, schema.BATCH_SIZE_GLOBAL, schema.BATCH_SIZE_PER_PROCESS, schema.SLURM_JOB_ID,
-                schema.SLURM_ARRAY_JOB_ID, schema.SLURM_ARRAY_TASK_ID, schema.SLURM_RESTART_COUNT,
-                schema.RESUMED_FROM):
+    for key in (
+        schema.WORLD_SIZE,
+        schema.BATCH_SIZE_GLOBAL,
+        schema.BATCH_SIZE_PER_PROCESS,
+        schema.SLURM_JOB_ID,
+        schema.SLURM_ARRAY_JOB_ID,
+        schema.SLURM_ARRAY_TASK_ID,
+        schema.SLURM_RESTART_COUNT,
+        schema.RESUMED_FROM,
+    ):
         assert schema.declared(key)
     assert len({schema.BATCH_SIZE, schema.BATCH_SIZE_GLOBAL, schema.BATCH_SIZE_PER_PROCESS}) == 3
     documented = (ROOT / "docs" / "METRICS.md").read_text()
@@ -84,9 +105,17 @@ def test_new_metrics_keys_are_declared_apart_from_the_profile_batch():
 
 
 # --- ranks and SLURM ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variables, zero", [({}, True), ({"SLURM_PROCID": "0"}, True), ({"SLURM_PROCID": "1"}, False),
-                                             ({"LOCAL_RANK": "1"}, False), ({"RANK": "3"}, False),
-                                             ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False)])
+@pytest.mark.parametrize(
+    "variables, zero",
+    [
+        ({}, True),
+        ({"SLURM_PROCID": "0"}, True),
+        ({"SLURM_PROCID": "1"}, False),
+        ({"LOCAL_RANK": "1"}, False),
+        ({"RANK": "3"}, False),
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),
+    ],
+)
 def test_rank_zero_is_known_from_the_launchers_environment(no_launcher_env, monkeypatch, variables, zero):
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
@@ -100,8 +129,12 @@ def test_slurm_facts_name_the_job_and_its_array(no_launcher_env, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "40")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    assert distributed.slurm_facts() == {schema.SLURM_JOB_ID: "42", schema.SLURM_ARRAY_JOB_ID: "40",
-                                         schema.SLURM_ARRAY_TASK_ID: 2, schema.SLURM_RESTART_COUNT: 1}
+    assert distributed.slurm_facts() == {
+        schema.SLURM_JOB_ID: "42",
+        schema.SLURM_ARRAY_JOB_ID: "40",
+        schema.SLURM_ARRAY_TASK_ID: 2,
+        schema.SLURM_RESTART_COUNT: 1,
+    }
 
 
 # --- every epoch of every rank sees a different order -------------------------------------------------------------
@@ -114,8 +147,7 @@ def test_lightning_passes_set_epoch_on_to_the_data_modules_sampler():
 
     orders = {}
     for rank in (0, 1):
-        wrapper = DistributedSamplerWrapper(EpochShuffleSampler(64, seed=42), num_replicas=2, rank=rank,
-                                            shuffle=False)
+        wrapper = DistributedSamplerWrapper(EpochShuffleSampler(64, seed=42), num_replicas=2, rank=rank, shuffle=False)
         for epoch in (0, 1, 2):
             wrapper.set_epoch(epoch)
             orders[rank, epoch] = list(wrapper)
@@ -127,8 +159,7 @@ def test_lightning_passes_set_epoch_on_to_the_data_modules_sampler():
 
 
 # --- automatic resume ---------------------------------------------------------------------------------------------
-def test_a_run_directory_with_last_ckpt_resumes_from_it(make_train_cfg, tmp_path, caplog, no_launcher_env,
-                                                        monkeypatch):
+def test_a_run_directory_with_last_ckpt_resumes_from_it(make_train_cfg, tmp_path, caplog, no_launcher_env, monkeypatch):
     cfg = make_train_cfg()
     assert distributed.resume_from_own_checkpoint(cfg) is None and cfg.ckpt_path is None
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -201,8 +232,10 @@ def test_hydra_finds_the_launchers():
     from hydra.plugins.launcher import Launcher
 
     found = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Launcher)}
-    assert {"hydra_plugins.lnrepro_launchers.launchers.SlurmLauncher",
-            "hydra_plugins.lnrepro_launchers.launchers.LocalLauncher"} <= found
+    assert {
+        "hydra_plugins.lnrepro_launchers.launchers.SlurmLauncher",
+        "hydra_plugins.lnrepro_launchers.launchers.LocalLauncher",
+    } <= found
 
 
 def test_trainer_ddp_takes_its_processes_from_the_job(tmp_path, monkeypatch):
@@ -225,8 +258,10 @@ def test_a_failed_job_is_named_with_its_log(tmp_path):
 
     Job.paths.stderr.parent.mkdir()
     Job.paths.stderr.write_text("boom")
-    error = FailedJobError("Job (task=0) failed during processing with trace:\n" + "-" * 24 + "\nTraceback ...\n"
-                           "  File x\nRuntimeError: out of luck\n" + "-" * 24 + "\nYou can check full logs ...")
+    error = FailedJobError(
+        "Job (task=0) failed during processing with trace:\n" + "-" * 24 + "\nTraceback ...\n"
+        "  File x\nRuntimeError: out of luck\n" + "-" * 24 + "\nYou can check full logs ..."
+    )
     line = failure_line(1, ["model.width=0", "seed=1"], Job, error, shared={"seed=1"})
     assert line.startswith("job #1 (model.width=0) failed: RuntimeError: out of luck")
     assert str(Job.paths.stderr) in line and "seed=1" not in line

@@ -17,22 +17,48 @@ def test_every_key_train_eval_and_profile_write_is_declared(make_train_cfg, make
     from lnrepro.tasks import evaluate, train
     from lnrepro.tasks.profile import profile
 
-    trained = train(make_train_cfg("model.width=0.25", "data.image_size=16", "profile.end_of_fit=true",
-                                   "profile.runs=2", "profile.throughput_runs=1", "profile.warmup=0",
-                                   "profile.batch_size=2"))
+    trained = train(
+        make_train_cfg(
+            "model.width=0.25",
+            "data.image_size=16",
+            "profile.end_of_fit=true",
+            "profile.runs=2",
+            "profile.throughput_runs=1",
+            "profile.warmup=0",
+            "profile.batch_size=2",
+        )
+    )
     checkpoint = Path(trained["test/ckpt_path"])
     evaluated = evaluate(make_eval_cfg(f"ckpt_path={checkpoint}", "data=synthetic", "data.image_size=16"))
-    profiled = profile(compose_config("profile", tmp_path / "profile", [
-        "data=synthetic", "data.image_size=16", "model.width=0.25", "profile.runs=2", "profile.throughput_runs=1",
-        "profile.warmup=0", "profile.batch_size=2"]))
-    written = [json.loads((checkpoint.parents[1] / "metrics.json").read_text()),
-               json.loads((tmp_path / "eval" / "metrics.json").read_text()),
-               json.loads((tmp_path / "profile" / "metrics.json").read_text())]
+    profiled = profile(
+        compose_config(
+            "profile",
+            tmp_path / "profile",
+            [
+                "data=synthetic",
+                "data.image_size=16",
+                "model.width=0.25",
+                "profile.runs=2",
+                "profile.throughput_runs=1",
+                "profile.warmup=0",
+                "profile.batch_size=2",
+            ],
+        )
+    )
+    written = [
+        json.loads((checkpoint.parents[1] / "metrics.json").read_text()),
+        json.loads((tmp_path / "eval" / "metrics.json").read_text()),
+        json.loads((tmp_path / "profile" / "metrics.json").read_text()),
+    ]
     for metrics, task in zip(written, ("train", "eval", "profile")):
         assert metrics["task"] == task and metrics["schema_version"] == schema.SCHEMA_VERSION
         assert schema.undeclared(metrics) == [], task
-    assert {schema.LATENCY_MS, schema.latency_key("onnxruntime"), schema.latency_key("onnxruntime_int8"),
-            schema.MACS} <= set(profiled)
+    assert {
+        schema.LATENCY_MS,
+        schema.latency_key("onnxruntime"),
+        schema.latency_key("onnxruntime_int8"),
+        schema.MACS,
+    } <= set(profiled)
     assert evaluated["test/acc"] == pytest.approx(float(trained["test/acc"]), abs=1e-6)
     # the deployed accuracy beside eager's: fp32 ONNX Runtime computes the same logits (32 test images)
     assert written[0]["test/acc_onnxruntime"] == pytest.approx(float(trained["test/acc"]), abs=1 / 32 + 1e-9)
@@ -42,7 +68,9 @@ def test_every_key_train_eval_and_profile_write_is_declared(make_train_cfg, make
 
 
 def test_undeclared_keys_are_named():
-    assert schema.undeclared(["val/acc", "train/loss_step", "lr-SGD/pg1", "latency/onnxruntime_ms", "my/own"]) == ["my/own"]
+    assert schema.undeclared(["val/acc", "train/loss_step", "lr-SGD/pg1", "latency/onnxruntime_ms", "my/own"]) == [
+        "my/own"
+    ]
 
 
 def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
@@ -60,8 +88,16 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
 
 
 def test_files_written_before_the_schema_still_read_and_report(tmp_path):
-    old = {"model": "ghostnet", "conv": "ghost", "stem": "cifar", "params": 1000, "flops": 2000,
-           "latency_ms": 1.5, "test/acc": 0.5, "data": "cifar10"}  # as runs wrote it before schema_version
+    old = {
+        "model": "ghostnet",
+        "conv": "ghost",
+        "stem": "cifar",
+        "params": 1000,
+        "flops": 2000,
+        "latency_ms": 1.5,
+        "test/acc": 0.5,
+        "data": "cifar10",
+    }  # as runs wrote it before schema_version
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(old))
     assert schema.read_metrics(tmp_path / "run")[schema.SCHEMA] == 0

@@ -14,10 +14,24 @@ from lnrepro.reporting.seeds import seed_stats
 
 def write_run(folder, seed, top1, digest="abc123", width=0.5, **extra):
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({
-        "model": "shufflenet_v2", "width": width, "data": "cifar10", "stem": "cifar", "seed": seed,
-        "config_digest": digest, "test/acc": top1, "params": 352042, "flops": 21804032, "latency_ms": 1.0 + seed,
-        "schema_version": 2, **extra}))
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model": "shufflenet_v2",
+                "width": width,
+                "data": "cifar10",
+                "stem": "cifar",
+                "seed": seed,
+                "config_digest": digest,
+                "test/acc": top1,
+                "params": 352042,
+                "flops": 21804032,
+                "latency_ms": 1.0 + seed,
+                "schema_version": 2,
+                **extra,
+            }
+        )
+    )
 
 
 def test_seed_stats_match_the_textbook_formulas():
@@ -59,11 +73,20 @@ def test_with_a_published_figure_one_seed_is_judged_against_the_tolerance(tmp_pa
 
 
 def test_a_seed_row_shows_median_timings_in_every_table_and_the_mean_int8_top1(tmp_path):
-    for seed, (top1, int8, eager, onnx) in enumerate([(0.80, 0.79, 8.0, 1.0), (0.82, 0.82, 5.0, 1.2),
-                                                      (0.84, 0.82, 6.0, 3.0)]):
-        write_run(tmp_path / str(seed), seed, top1, **{
-            "test/acc_onnxruntime_int8": int8, "latency/eager_ms": eager, "latency/onnxruntime_ms": onnx,
-            "latency/onnxruntime_contended": seed == 2})
+    for seed, (top1, int8, eager, onnx) in enumerate(
+        [(0.80, 0.79, 8.0, 1.0), (0.82, 0.82, 5.0, 1.2), (0.84, 0.82, 6.0, 3.0)]
+    ):
+        write_run(
+            tmp_path / str(seed),
+            seed,
+            top1,
+            **{
+                "test/acc_onnxruntime_int8": int8,
+                "latency/eager_ms": eager,
+                "latency/onnxruntime_ms": onnx,
+                "latency/onnxruntime_contended": seed == 2,
+            },
+        )
     report = make_report([tmp_path], out_dir=tmp_path / "out", plots=False)
     (row,) = report.rows
     assert row.seeds.top1_int8_mean == pytest.approx(81.0)

@@ -38,8 +38,13 @@ TINY = {
 
 @pytest.mark.parametrize("family", list_models())
 def test_each_family_trains_and_writes_a_run(make_train_cfg, family):
-    cfg = make_train_cfg(f"model={family}", *TINY.get(family, []), "trainer.limit_train_batches=2",
-                         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
+    cfg = make_train_cfg(
+        f"model={family}",
+        *TINY.get(family, []),
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    )
     metrics = train(cfg)
     written = read_metrics(cfg)
     assert written["model"] == family
@@ -54,9 +59,19 @@ def test_each_family_trains_and_writes_a_run(make_train_cfg, family):
 
 def test_training_learns_a_learnable_task(make_train_cfg):
     """Synthetic images whose label is drawn into the pixels: a working loop must fit them."""
-    cfg = make_train_cfg("model=shufflenet_v2", "model.width=0.5", "optimizer=sgd", "optimizer.lr=0.05",
-                         "scheduler=none", "trainer.max_epochs=15", "data.train_size=128", "data.num_classes=2",
-                         "data.val_size=64", "data.test_size=64", "data.batch_size=32")
+    cfg = make_train_cfg(
+        "model=shufflenet_v2",
+        "model.width=0.5",
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+        "scheduler=none",
+        "trainer.max_epochs=15",
+        "data.train_size=128",
+        "data.num_classes=2",
+        "data.val_size=64",
+        "data.test_size=64",
+        "data.batch_size=32",
+    )
     import hydra
 
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -70,8 +85,14 @@ def test_training_learns_a_learnable_task(make_train_cfg):
     from lnrepro.tasks.train import build_module
 
     module = build_module(cfg)
-    trainer = pl.Trainer(max_epochs=15, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=15,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=datamodule)
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     assert results[0]["test/acc"] > 0.9
@@ -79,15 +100,28 @@ def test_training_learns_a_learnable_task(make_train_cfg):
 
 def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_train_cfg, tmp_path, fake_cifar10):
     # CIFAR-format data so that shuffling, crop/flip/cutout and dropout all draw random numbers.
-    common = ["model=shufflenet_v2", "model.width=0.5", "trainer.max_epochs=3", "data=cifar10",
-              f"data.root={fake_cifar10}", "data.verify_checksums=false", "data.val_size=40", "data.batch_size=16",
-              "data.cutout=8", "model.dropout=0.2"]
+    common = [
+        "model=shufflenet_v2",
+        "model.width=0.5",
+        "trainer.max_epochs=3",
+        "data=cifar10",
+        f"data.root={fake_cifar10}",
+        "data.verify_checksums=false",
+        "data.val_size=40",
+        "data.batch_size=16",
+        "data.cutout=8",
+        "model.dropout=0.2",
+    ]
     full = make_train_cfg(*common, output_dir=tmp_path / "full")
     train(full)
 
     # The same run "killed" after its second epoch: a callback raises once epoch 2 starts.
-    crashed = make_train_cfg(*common, "+callbacks.crash._target_=tests.helpers.CrashAtEpoch",
-                             "+callbacks.crash.epoch=2", output_dir=tmp_path / "crashed")
+    crashed = make_train_cfg(
+        *common,
+        "+callbacks.crash._target_=tests.helpers.CrashAtEpoch",
+        "+callbacks.crash.epoch=2",
+        output_dir=tmp_path / "crashed",
+    )
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(crashed)
     last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
@@ -115,15 +149,21 @@ def test_eval_reproduces_the_test_accuracy_of_train(make_train_cfg, make_eval_cf
 def test_eval_applies_data_overrides_to_the_stored_run(make_train_cfg, make_eval_cfg):
     trained_cfg = make_train_cfg("model=shufflenet_v2", "model.width=0.5")
     ckpt = train(trained_cfg)["test/ckpt_path"]
-    evaluated = evaluate(make_eval_cfg(f"ckpt_path={ckpt}", "data=synthetic", "data.test_size=16",
-                                       "data.batch_size=8"))
+    evaluated = evaluate(make_eval_cfg(f"ckpt_path={ckpt}", "data=synthetic", "data.test_size=16", "data.batch_size=8"))
     assert evaluated["data"] == "synthetic"
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(make_train_cfg, tmp_path):
-    cfg = make_train_cfg("model=shufflenet_v2", "model.width=0.5", "trainer.max_epochs=3",
-                         "+callbacks.poison._target_=tests.helpers.PoisonWeightsAtEpoch", "+callbacks.poison.epoch=1")
-    with pytest.raises(TrainingDivergedError, match=r"became nan at epoch 1, batch 0.*last good checkpoint: .*last\.ckpt"):
+    cfg = make_train_cfg(
+        "model=shufflenet_v2",
+        "model.width=0.5",
+        "trainer.max_epochs=3",
+        "+callbacks.poison._target_=tests.helpers.PoisonWeightsAtEpoch",
+        "+callbacks.poison.epoch=1",
+    )
+    with pytest.raises(
+        TrainingDivergedError, match=r"became nan at epoch 1, batch 0.*last good checkpoint: .*last\.ckpt"
+    ):
         train(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=False)
@@ -158,8 +198,7 @@ def test_corrupt_checkpoint_is_refused(make_train_cfg, tmp_path):
 def test_checkpoint_of_another_model_is_refused(make_train_cfg, tmp_path):
     ckpt = train(make_train_cfg("model=shufflenet_v2", "model.width=0.5", output_dir=tmp_path / "a"))["test/ckpt_path"]
     with pytest.raises(UserInputError, match="does not match the configured model"):
-        train(make_train_cfg("model=shufflenet_v2", "model.width=1.0", f"ckpt_path={ckpt}",
-                             output_dir=tmp_path / "b"))
+        train(make_train_cfg("model=shufflenet_v2", "model.width=1.0", f"ckpt_path={ckpt}", output_dir=tmp_path / "b"))
 
 
 def tiny_module(**options) -> ClassificationModule:

@@ -17,11 +17,24 @@ import torch
 
 from tests.conftest import ROOT
 
-QUICK = ["data=synthetic", "data.train_size=32", "data.val_size=16", "data.test_size=16", "data.batch_size=16",
-         "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
-         "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
-         "~callbacks.rich_progress_bar", "print_config=false", "profile.end_of_fit=false", "model.width=0.25",
-         "data.image_size=16", "trainer.enable_model_summary=false"]
+QUICK = [
+    "data=synthetic",
+    "data.train_size=32",
+    "data.val_size=16",
+    "data.test_size=16",
+    "data.batch_size=16",
+    "profile.calibration_images=16",  # int8 calibrates on at most the 32 training images
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.rich_progress_bar",
+    "print_config=false",
+    "profile.end_of_fit=false",
+    "model.width=0.25",
+    "data.image_size=16",
+    "trainer.enable_model_summary=false",
+]
 
 
 def _closed_port() -> int:
@@ -33,12 +46,24 @@ def _closed_port() -> int:
 
 def _run_online(tmp_path: Path, base_url: str, *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
     """train.py with W&B online, a well-formed API key and the server at `base_url`; the wall time it took."""
-    env = {**os.environ, "WANDB_MODE": "online", "WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",
-           "WANDB_BASE_URL": base_url, "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_SILENT": "true",
-           "HYDRA_FULL_ERROR": "0"}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "online",
+        "WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",
+        "WANDB_BASE_URL": base_url,
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+        "WANDB_SILENT": "true",
+        "HYDRA_FULL_ERROR": "0",
+    }
     start = time.monotonic()
-    command = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path / 'logs'}", *QUICK, "logger=wandb",
-               *overrides]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"paths.log_dir={tmp_path / 'logs'}",
+        *QUICK,
+        "logger=wandb",
+        *overrides,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     return result, time.monotonic() - start
 
@@ -78,8 +103,11 @@ def test_unreachable_server_falls_back_to_the_same_run_offline(tmp_path, server)
 
 def _training_steps(run) -> list[int]:
     """Lightning's step of each history row that holds a train/val/test metric."""
-    return [row["trainer/global_step"] for row in run.history
-            if "trainer/global_step" in row and any(key.startswith(("train/", "val/", "test/")) for key in row)]
+    return [
+        row["trainer/global_step"]
+        for row in run.history
+        if "trainer/global_step" in row and any(key.startswith(("train/", "val/", "test/")) for key in row)
+    ]
 
 
 def test_a_resumed_run_continues_its_wandb_run(make_train_cfg, tmp_path):
@@ -116,8 +144,9 @@ def test_the_configured_run_id_wins_over_the_checkpoint(make_train_cfg):
     checkpoint = {"state_dict": {}, "callbacks": {"WandbRunId": {"run_id": "fromckpt"}}}
     (logger,) = instantiate_loggers(make_train_cfg("logger=wandb").logger, checkpoint=checkpoint)
     assert logger.version == "fromckpt"
-    (logger,) = instantiate_loggers(make_train_cfg("logger=wandb", "+logger.wandb.id=mine").logger,
-                                    checkpoint=checkpoint)
+    (logger,) = instantiate_loggers(
+        make_train_cfg("logger=wandb", "+logger.wandb.id=mine").logger, checkpoint=checkpoint
+    )
     assert logger.version == "mine"
     (fresh,) = instantiate_loggers(make_train_cfg("logger=wandb").logger)
     assert re.fullmatch(r"[a-z0-9]{8}", fresh.version)  # chosen before W&B starts, for the fallback and checkpoints

@@ -40,7 +40,7 @@ def iter_record_bytes(path: str | Path) -> Iterator[bytes]:
     data = _record_file(path).read_bytes()
     ident, magic, _ = HEADER.unpack_from(data, 0)
     if ident != b":W&B" or magic != 0xBEE1:
-        raise ValueError(f"{path}: not a W&B run file (header {data[:HEADER.size]!r})")
+        raise ValueError(f"{path}: not a W&B run file (header {data[: HEADER.size]!r})")
     offset, pending = HEADER.size, bytearray()
     while offset + CHUNK.size <= len(data):
         left_in_block = BLOCK - offset % BLOCK
@@ -54,7 +54,7 @@ def iter_record_bytes(path: str | Path) -> Iterator[bytes]:
         start = offset + CHUNK.size
         if start + length > len(data):  # the file ends inside this chunk: wandb-core is still writing it
             return
-        payload = data[start:start + length]
+        payload = data[start : start + length]
         offset = start + length
         if kind == FULL:
             yield bytes(payload)

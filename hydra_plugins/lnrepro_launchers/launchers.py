@@ -61,8 +61,11 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, submitit.core.utils.UncompletedJobError):
         # "Job 7_1 (task: 0) with path ...\nhas not produced any output (state: CANCELLED by 0)\n..."
         state = re.search(r"has not produced any output \(state: (.*)\)", str(error))
-        return f"the job ended without a result (SLURM state {state.group(1)})" if state else \
-            "the job ended without a result (killed?)"
+        return (
+            f"the job ended without a result (SLURM state {state.group(1)})"
+            if state
+            else "the job ended without a result (killed?)"
+        )
     text = _last_line(str(error)) if str(error).strip() else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -78,15 +81,15 @@ def log_files(job) -> List[Path]:
     return files
 
 
-def failure_line(number: int, overrides: Sequence[str], job, error: BaseException,
-                 shared: Sequence[str] = ()) -> str:
+def failure_line(number: int, overrides: Sequence[str], job, error: BaseException, shared: Sequence[str] = ()) -> str:
     """`job #N (<its own overrides>) failed: <error>` and its log files; `shared`: the overrides every job of the
     sweep has, left out."""
     files = [f for f in log_files(job) if f.exists()] or log_files(job)[:1]
     own = [o for o in filter_overrides(overrides) if o not in shared]
     shown = " ".join(own) or "the sweep's common overrides"
-    return (f"job #{number} ({shown}) failed: {describe_error(error)}\n"
-            f"    log: {files[0]}" + "".join(f"\n         {f}" for f in files[1:]))
+    return f"job #{number} ({shown}) failed: {describe_error(error)}\n    log: {files[0]}" + "".join(
+        f"\n         {f}" for f in files[1:]
+    )
 
 
 def _accounting_is_off() -> bool:
@@ -95,8 +98,10 @@ def _accounting_is_off() -> bool:
         config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return any(line.split("=", 1)[0].strip() == "AccountingStorageType" and "accounting_storage/none" in line
-               for line in config.splitlines())
+    return any(
+        line.split("=", 1)[0].strip() == "AccountingStorageType" and "accounting_storage/none" in line
+        for line in config.splitlines()
+    )
 
 
 def _squeue_watcher(delay_s: int = 600):
@@ -112,8 +117,12 @@ def _squeue_watcher(delay_s: int = 600):
                 return
             self._num_calls += 1
             try:
-                result = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", ",".join(ids)],
-                                        capture_output=True, text=True, timeout=60)
+                result = subprocess.run(
+                    ["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", ",".join(ids)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
             except (OSError, subprocess.TimeoutExpired) as error:
                 submitit_logger.get_logger().warning(f"squeue failed ({error}): job states may be late")
             else:
@@ -141,8 +150,14 @@ class _Sweep:
 
     _EXECUTOR = "abstract"
 
-    def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: Dict[type, Singleton]) -> JobReturn:
+    def __call__(
+        self,
+        sweep_overrides: List[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: Dict[type, Singleton],
+    ) -> JobReturn:
         # Runs in every task of the job, before the run's config is composed (and before lightning is imported).
         import submitit
 
@@ -167,8 +182,9 @@ class _Sweep:
         init_keys = specific_init_keys | {"submitit_folder"}
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init_params)
         baseparams = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{x if x in baseparams else f"{self._EXECUTOR}_{x}": y
-                                      for x, y in params.items() if x not in init_keys})
+        executor.update_parameters(
+            **{x if x in baseparams else f"{self._EXECUTOR}_{x}": y for x, y in params.items() if x not in init_keys}
+        )
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
@@ -211,8 +227,10 @@ class _Sweep:
                 time.sleep(POLL_S)
         if failures:
             others = "; the others ran to their end" if len(failures) < len(jobs) else ""
-            error = SweepJobsFailed(f"{len(failures)} of {len(jobs)} jobs of the sweep failed{others} (outputs in "
-                                    f"{sweep_dir}):\n" + "\n".join(failures))
+            error = SweepJobsFailed(
+                f"{len(failures)} of {len(jobs)} jobs of the sweep failed{others} (outputs in "
+                f"{sweep_dir}):\n" + "\n".join(failures)
+            )
             for returned in returns:
                 if returned.status == JobStatus.FAILED:
                     returned._return_value = error

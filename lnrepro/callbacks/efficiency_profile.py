@@ -72,8 +72,12 @@ class EfficiencyProfile(pl.Callback):
 
     TABLE_KEY = "profile/layers"
 
-    def __init__(self, image_size: int | list[int] | None = None, warmup_steps: int = 10,
-                 profile: ProfileSettings | dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        image_size: int | list[int] | None = None,
+        warmup_steps: int = 10,
+        profile: ProfileSettings | dict[str, Any] | None = None,
+    ) -> None:
         """`profile`: the `profile` config group (what the end of fit measures), as settings or a dict."""
         self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
         self.warmup_steps = warmup_steps
@@ -119,9 +123,14 @@ class EfficiencyProfile(pl.Callback):
             rows = layer_rows(macs)
             for logger in to_wandb:
                 logger.log_table(self.TABLE_KEY, columns=LAYER_COLUMNS, data=rows, step=trainer.global_step)
-        log.info("%s: %.3fM params, %.1fM multiply-adds (%.1fM FLOPs) per %s image", type(self.network(pl_module))
-                 .__name__, counts[schema.PARAMS] / 1e6, counts[schema.MACS] / 1e6, counts[schema.FLOPS] / 1e6,
-                 shape_text(self._input_shape))
+        log.info(
+            "%s: %.3fM params, %.1fM multiply-adds (%.1fM FLOPs) per %s image",
+            type(self.network(pl_module)).__name__,
+            counts[schema.PARAMS] / 1e6,
+            counts[schema.MACS] / 1e6,
+            counts[schema.FLOPS] / 1e6,
+            shape_text(self._input_shape),
+        )
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         synchronize(pl_module.device)

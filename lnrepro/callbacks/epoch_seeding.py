@@ -41,6 +41,7 @@ class EpochSeeding(pl.Callback):
         # Again after validation, which may have drawn random numbers that a resumed run does not draw.
         self.seed_next_batch(trainer)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         self.seed_next_batch(trainer)

@@ -9,8 +9,12 @@ from lnrepro.errors import TrainingDivergedError
 
 
 def newest_checkpoint(trainer: pl.Trainer) -> str:
-    paths = {Path(p) for callback in trainer.checkpoint_callbacks
-             for p in (callback.best_model_path, callback.last_model_path) if p}
+    paths = {
+        Path(p)
+        for callback in trainer.checkpoint_callbacks
+        for p in (callback.best_model_path, callback.last_model_path)
+        if p
+    }
     existing = [p for p in paths if p.is_file()]
     return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else ""
 
@@ -23,8 +27,9 @@ class StopOnNonFiniteLoss(pl.Callback):
     on the way out, so checkpoints written before the divergence stay as they were.
     """
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None or bool(torch.isfinite(loss).all()):
             return

@@ -5,5 +5,8 @@ def data_config_names() -> list[str]:
     """The data configs shipped in the package (`data=<name>`): conf/data/<name>.yaml."""
     from importlib.resources import files
 
-    return sorted(entry.name.removesuffix(".yaml") for entry in files("lnrepro.conf").joinpath("data").iterdir()
-                  if entry.name.endswith(".yaml"))
+    return sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in files("lnrepro.conf").joinpath("data").iterdir()
+        if entry.name.endswith(".yaml")
+    )

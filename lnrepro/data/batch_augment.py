@@ -35,8 +35,9 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4, flip_prob: float = 
 
 
 @functools.lru_cache(maxsize=8)
-def _normalization(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalization(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     # Made once per device: building them per batch would be two host-to-device copies, each a stream sync on a GPU.
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, -1, 1, 1)
     shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)

@@ -163,13 +163,13 @@ def read_batches(root: str | Path, names: tuple[str, ...]) -> tuple[torch.Tensor
         try:
             entry = load_batch(path)
             data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            batch_labels = torch.as_tensor(entry["labels"] if "labels" in entry else entry["fine_labels"],
-                                           dtype=torch.long)
+            batch_labels = torch.as_tensor(
+                entry["labels"] if "labels" in entry else entry["fine_labels"], dtype=torch.long
+            )
             if batch_labels.shape != (len(data),):
                 raise ValueError(f"{len(data)} images but {batch_labels.numel()} labels")
             if len(batch_labels) and not 0 <= int(batch_labels.min()) <= int(batch_labels.max()) < 10:
-                raise ValueError(f"labels outside 0..9 (min {int(batch_labels.min())}, "
-                                 f"max {int(batch_labels.max())})")
+                raise ValueError(f"labels outside 0..9 (min {int(batch_labels.min())}, max {int(batch_labels.max())})")
         except UserInputError:  # refused by BatchUnpickler: its message says why
             raise
         # Damaged bytes can make unpickling fail in almost any way (UnpicklingError, EOFError, OverflowError,
@@ -225,8 +225,15 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         stem: str | None = None,  # read by the model config, not here
         name: str = "cifar10",  # read by reports
     ):
-        super().__init__(batch_size, num_workers, pin_memory, crop_padding=crop_padding, flip=flip, cutout=cutout,
-                         shuffle_seed=shuffle_seed)
+        super().__init__(
+            batch_size,
+            num_workers,
+            pin_memory,
+            crop_padding=crop_padding,
+            flip=flip,
+            cutout=cutout,
+            shuffle_seed=shuffle_seed,
+        )
         if subset is not None and subset <= 0:
             raise UserInputError(f"data.subset must be a positive number of images or null (got {subset})")
         if num_classes != 10 or image_size != 32:
@@ -269,5 +276,6 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         self.train_set = TensorImageDataset(images[train_index], labels[train_index])
         self.val_set = TensorImageDataset(images[val_index], labels[val_index])
         self.test_set = TensorImageDataset(*read_batches(self.root, TEST_FILES))
-        log.info("CIFAR-10: %d train / %d val / %d test images", len(self.train_set), len(self.val_set),
-                 len(self.test_set))
+        log.info(
+            "CIFAR-10: %d train / %d val / %d test images", len(self.train_set), len(self.val_set), len(self.test_set)
+        )

@@ -73,9 +73,7 @@ def load_rgb(path: str):
         with open(path, "rb") as file:
             return Image.open(file).convert("RGB")
     except Exception as error:  # truncated data, a bad Huffman table, a decompression bomb: all "cannot use it"
-        raise UnreadableImageError(
-            f"{path} could not be decoded ({_one_line(error)}); delete or replace it"
-        ) from error
+        raise UnreadableImageError(f"{path} could not be decoded ({_one_line(error)}); delete or replace it") from error
 
 
 def image_problem(path: str) -> str | None:
@@ -96,10 +94,11 @@ def image_problem(path: str) -> str | None:
 
 def find_unreadable(paths: list[str]) -> dict[str, str]:
     """{path: problem} for each file of `paths` that PIL cannot read, in the order of `paths`."""
+
     def check(chunk: list[str]) -> list[tuple[str, str | None]]:
         return [(path, image_problem(path)) for path in chunk]
 
-    chunks = [paths[i:i + CHECK_CHUNK] for i in range(0, len(paths), CHECK_CHUNK)]
+    chunks = [paths[i : i + CHECK_CHUNK] for i in range(0, len(paths), CHECK_CHUNK)]
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         return {path: problem for checked in pool.map(check, chunks) for path, problem in checked if problem}
 
@@ -153,14 +152,26 @@ class ImageFolderDataModule(SplitDataModule):
         from timm.data import create_transform
 
         # Built here, so that an unknown augmentation policy fails before any data is read.
-        self.train_transform = _train_transform(dict(
-            input_size=train_crop, is_training=True, hflip=hflip, color_jitter=color_jitter,
-            auto_augment=auto_augment, interpolation=interpolation, re_prob=random_erasing,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        ))
+        self.train_transform = _train_transform(
+            dict(
+                input_size=train_crop,
+                is_training=True,
+                hflip=hflip,
+                color_jitter=color_jitter,
+                auto_augment=auto_augment,
+                interpolation=interpolation,
+                re_prob=random_erasing,
+                mean=IMAGENET_MEAN,
+                std=IMAGENET_STD,
+            )
+        )
         self.eval_transform = create_transform(
-            input_size=eval_crop, is_training=False, crop_pct=eval_crop / eval_resize, interpolation=interpolation,
-            mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            input_size=eval_crop,
+            is_training=False,
+            crop_pct=eval_crop / eval_resize,
+            interpolation=interpolation,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
         )
 
     def _folder(self, split: str) -> Path:
@@ -186,8 +197,12 @@ class ImageFolderDataModule(SplitDataModule):
                 f"{first} is not a readable image ({problem}){more}; delete or replace it, "
                 f"or set data.skip_unreadable=true to leave unreadable images out"
             )
-        log.warning("data.skip_unreadable=true: left out %d unreadable image(s) under %s (the first: %s)",
-                    len(unreadable), self.root, first)
+        log.warning(
+            "data.skip_unreadable=true: left out %d unreadable image(s) under %s (the first: %s)",
+            len(unreadable),
+            self.root,
+            first,
+        )
         for view in (train_view, eval_view, test_view):  # eval_view lists the same files as train_view
             _leave_out(view, unreadable)
 
@@ -212,7 +227,7 @@ class ImageFolderDataModule(SplitDataModule):
         if not 0 < self.val_size < count:
             raise UserInputError(f"data.val_size must be between 1 and {count - 1} (got {self.val_size})")
         permutation = torch.randperm(count, generator=torch.Generator().manual_seed(self.split_seed))
-        train_index = permutation[self.val_size:].sort().values
+        train_index = permutation[self.val_size :].sort().values
         if self.subset is not None:
             train_index = train_index[: self.subset]
         self.train_set = Subset(train_view, train_index.tolist())

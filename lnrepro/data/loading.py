@@ -126,8 +126,14 @@ class SplitDataModule(pl.LightningDataModule):
     collate_fn: Callable[[Any], Any] | None = None
     drop_last_train: bool = False
 
-    def __init__(self, batch_size: int, num_workers: int = 0, pin_memory: bool = False, shuffle_seed: int = 0,
-                 persistent_workers: bool = True):
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        shuffle_seed: int = 0,
+        persistent_workers: bool = True,
+    ):
         super().__init__()
         self.batch_size = check_batch_size(batch_size)
         self.num_workers = num_workers

@@ -27,10 +27,21 @@ class SyntheticDataModule(InMemoryImageDataModule):
         stem: str | None = None,  # read by the model config, not here
         name: str = "synthetic",  # read by reports
     ):
-        super().__init__(batch_size=batch_size, num_workers=num_workers, crop_padding=crop_padding, flip=flip,
-                         cutout=cutout, shuffle_seed=shuffle_seed)
-        for name, value in (("num_classes", num_classes), ("image_size", image_size), ("train_size", train_size),
-                            ("val_size", val_size), ("test_size", test_size)):
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            crop_padding=crop_padding,
+            flip=flip,
+            cutout=cutout,
+            shuffle_seed=shuffle_seed,
+        )
+        for name, value in (
+            ("num_classes", num_classes),
+            ("image_size", image_size),
+            ("train_size", train_size),
+            ("val_size", val_size),
+            ("test_size", test_size),
+        ):
             if value <= 0:
                 raise UserInputError(f"data.{name} must be positive (got {value})")
         self.num_classes = num_classes
@@ -41,8 +52,9 @@ class SyntheticDataModule(InMemoryImageDataModule):
 
     def _make(self, split_index: int, count: int) -> TensorImageDataset:
         generator = torch.Generator().manual_seed(self.seed * 1000 + split_index)
-        images = torch.randint(0, 256, (count, self.channels, self.image_size, self.image_size),
-                               dtype=torch.uint8, generator=generator)
+        images = torch.randint(
+            0, 256, (count, self.channels, self.image_size, self.image_size), dtype=torch.uint8, generator=generator
+        )
         labels = torch.randint(0, self.num_classes, (count,), generator=generator)
         return TensorImageDataset(images, labels)
 

@@ -65,16 +65,22 @@ PAPER_BATCH = {"gpu": 8, "arm": 1}
 #: we read their x2 and x4 columns the same way (channels doubled, FLOPs x4). The batch sizes (8 on the GPU, 1 on
 #: ARM) are the paper's Fig. 1 settings; the tables do not restate them, and Table 4 states no input size.
 PAPER_FIGURES = {
-    "g1": {"gpu": {128: (1480, 1296, 876, 748), 256: (723, 586, 489, 392), 512: (232, 206, 189, 163)},
-           "arm": {32: (76.2, 72.9, 69.1, 57.6), 64: (21.7, 20.5, 17.9, 15.1), 128: (5.3, 5.1, 4.6, 4.4)}},
-    "g2": {"gpu": {128: (2451, 1725, 1026, 634), 256: (1289, 873, 644, 445), 512: (437, 341, 338, 230)},
-           "arm": {64: (40.0, 35.0, 32.9, 27.8), 128: (10.2, 9.5, 8.7, 7.5), 256: (2.3, 2.2, 2.1, 1.8)}},
-    "g3": {"gpu": {128: (2446, 1790, 752, 1537, 691), 256: (1274, 909, 745, 803, 572),
-                   512: (434, 336, 349, 320, 292)},
-           "arm": {64: (40.2, 38.6, 38.4, 33.4, 35.0), 128: (10.1, 10.1, 10.1, 9.1, 8.4),
-                   256: (2.3, 2.2, 2.3, 2.2, 2.1)}},
-    "g4": {"gpu": {32: (2427, 2647, 2672, 2842), 64: (2066, 2256, 2121, 2376), 128: (1436, 1735, 1458, 1782)},
-           "arm": {32: (56.7, 61.9, 57.3, 66.3), 64: (16.9, 18.8, 18.2, 20.2), 128: (5.0, 5.2, 5.1, 5.4)}},
+    "g1": {
+        "gpu": {128: (1480, 1296, 876, 748), 256: (723, 586, 489, 392), 512: (232, 206, 189, 163)},
+        "arm": {32: (76.2, 72.9, 69.1, 57.6), 64: (21.7, 20.5, 17.9, 15.1), 128: (5.3, 5.1, 4.6, 4.4)},
+    },
+    "g2": {
+        "gpu": {128: (2451, 1725, 1026, 634), 256: (1289, 873, 644, 445), 512: (437, 341, 338, 230)},
+        "arm": {64: (40.0, 35.0, 32.9, 27.8), 128: (10.2, 9.5, 8.7, 7.5), 256: (2.3, 2.2, 2.1, 1.8)},
+    },
+    "g3": {
+        "gpu": {128: (2446, 1790, 752, 1537, 691), 256: (1274, 909, 745, 803, 572), 512: (434, 336, 349, 320, 292)},
+        "arm": {64: (40.2, 38.6, 38.4, 33.4, 35.0), 128: (10.1, 10.1, 10.1, 9.1, 8.4), 256: (2.3, 2.2, 2.3, 2.2, 2.1)},
+    },
+    "g4": {
+        "gpu": {32: (2427, 2647, 2672, 2842), 64: (2066, 2256, 2121, 2376), 128: (1436, 1735, 1458, 1782)},
+        "arm": {32: (56.7, 61.9, 57.3, 66.3), 64: (16.9, 18.8, 18.2, 20.2), 128: (5.0, 5.2, 5.1, 5.4)},
+    },
 }
 
 
@@ -141,8 +147,13 @@ class Fragmented(nn.Module):
         return out
 
 
-G3_SETTINGS = (("1-fragment", 1, False), ("2-fragment-series", 2, False), ("4-fragment-series", 4, False),
-               ("2-fragment-parallel", 2, True), ("4-fragment-parallel", 4, True))
+G3_SETTINGS = (
+    ("1-fragment", 1, False),
+    ("2-fragment-series", 2, False),
+    ("4-fragment-series", 4, False),
+    ("2-fragment-parallel", 2, True),
+    ("4-fragment-parallel", 4, True),
+)
 
 
 def g3_channels(fragments: int, base: int) -> int:
@@ -163,7 +174,11 @@ class Bottleneck(nn.Module):
 
     def __init__(self, c: int, relu: bool = True, shortcut: bool = True):
         super().__init__()
-        self.conv1, self.conv2, self.conv3 = conv1x1(4 * c, c), nn.Conv2d(c, c, 3, padding=1, bias=False), conv1x1(c, 4 * c)
+        self.conv1, self.conv2, self.conv3 = (
+            conv1x1(4 * c, c),
+            nn.Conv2d(c, c, 3, padding=1, bias=False),
+            conv1x1(c, 4 * c),
+        )
         act = (lambda: nn.ReLU()) if relu else (lambda: nn.Identity())
         self.act1, self.act2, self.act3 = act(), act(), act()
         self.add = Add() if shortcut else None
@@ -175,8 +190,12 @@ class Bottleneck(nn.Module):
         return self.act3(out)
 
 
-G4_SETTINGS = (("ReLU yes, shortcut yes", True, True), ("ReLU yes, shortcut no", True, False),
-               ("ReLU no, shortcut yes", False, True), ("ReLU no, shortcut no", False, False))
+G4_SETTINGS = (
+    ("ReLU yes, shortcut yes", True, True),
+    ("ReLU yes, shortcut no", True, False),
+    ("ReLU no, shortcut yes", False, True),
+    ("ReLU no, shortcut no", False, False),
+)
 
 
 def g4_network(relu: bool, shortcut: bool, base: int, blocks: int = PAPER_BLOCKS) -> nn.Sequential:
@@ -226,14 +245,27 @@ def settings(guideline: str, base: int, size: int = PAPER_INPUT, blocks: int = P
             rows.append(Setting(f"1:{ratio}", f"({c1},{c2})", g1_network(ratio, base, blocks), (c1, size, size)))
         return rows
     if guideline == "g2":
-        return [Setting(f"g={g}", f"c={g2_channels(g, base)}", g2_network(g, base, blocks),
-                        (g2_channels(g, base), size, size)) for g in G2_GROUPS]
+        return [
+            Setting(
+                f"g={g}", f"c={g2_channels(g, base)}", g2_network(g, base, blocks), (g2_channels(g, base), size, size)
+            )
+            for g in G2_GROUPS
+        ]
     if guideline == "g3":
-        return [Setting(name, f"c={g3_channels(n, base)}", g3_network(n, parallel, base, blocks),
-                        (g3_channels(n, base), size, size)) for name, n, parallel in G3_SETTINGS]
+        return [
+            Setting(
+                name,
+                f"c={g3_channels(n, base)}",
+                g3_network(n, parallel, base, blocks),
+                (g3_channels(n, base), size, size),
+            )
+            for name, n, parallel in G3_SETTINGS
+        ]
     if guideline == "g4":
-        return [Setting(name, f"c={base}", g4_network(relu, shortcut, base, blocks), (4 * base, size, size))
-                for name, relu, shortcut in G4_SETTINGS]
+        return [
+            Setting(name, f"c={base}", g4_network(relu, shortcut, base, blocks), (4 * base, size, size))
+            for name, relu, shortcut in G4_SETTINGS
+        ]
     raise unknown_guideline(guideline)
 
 
@@ -249,8 +281,9 @@ def paper_figures(guideline: str, base: int, size: int, blocks: int) -> dict[str
     """The paper's figures for this table where `base` is one of its channel settings (x1, x2, x4) and `size` and
     `blocks` are the paper's, else None."""
     same_setup = size == PAPER_INPUT and blocks == PAPER_BLOCKS
-    return {platform: by_base.get(base) if same_setup else None
-            for platform, by_base in PAPER_FIGURES[guideline].items()}
+    return {
+        platform: by_base.get(base) if same_setup else None for platform, by_base in PAPER_FIGURES[guideline].items()
+    }
 
 
 @dataclass
@@ -280,10 +313,20 @@ class GuidelineRow:
 ROUNDS = 5  # timing rounds per table by default
 
 
-def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, size: int = PAPER_INPUT,
-                  blocks: int = PAPER_BLOCKS, batch_size: int | None = None, device: str | torch.device = "cpu",
-                  runs: int = 10, warmup: int = 2, rounds: int = ROUNDS, platform: str | None = None,
-                  timed: Callable[[], None] | None = None) -> list[GuidelineRow]:
+def run_guideline(
+    guideline: str,
+    base: int | None = None,
+    scale: float = 1.0,
+    size: int = PAPER_INPUT,
+    blocks: int = PAPER_BLOCKS,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    runs: int = 10,
+    warmup: int = 2,
+    rounds: int = ROUNDS,
+    platform: str | None = None,
+    timed: Callable[[], None] | None = None,
+) -> list[GuidelineRow]:
     """Build, count and time every row of one guideline's table. `base` defaults to the paper's setting for
     `platform` ("gpu" or "arm"; by default "gpu" on CUDA, "arm" otherwise) times `scale`; `batch_size` to the
     paper's (8 for "gpu", 1 for "arm"). Speed is `inference_throughput` (eval mode, no_grad) of `runs` batches,
@@ -296,8 +339,9 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
     if platform not in PAPER_BASES:
         raise UserInputError(f"profile.guideline.platform must be 'gpu', 'arm' or null, got {platform!r}")
     if rounds < 1 or runs < 1:
-        raise UserInputError(f"profile.guideline.rounds and profile.runs must be at least 1, got rounds={rounds}, "
-                             f"runs={runs}")
+        raise UserInputError(
+            f"profile.guideline.rounds and profile.runs must be at least 1, got rounds={rounds}, runs={runs}"
+        )
     base = int(base or max(1, round(PAPER_BASES[platform][guideline] * scale)))
     batch_size = int(batch_size or PAPER_BATCH[platform])
     paper = paper_figures(guideline, base, size, blocks)
@@ -307,8 +351,15 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
     speeds: list[list[float]] = [[] for _ in table]
     for round_index in range(rounds):
         for setting, row_speeds in zip(table, speeds):
-            row_speeds.append(inference_throughput(setting.network, batch_size, setting.input_shape, runs=runs,
-                                                   warmup=warmup if round_index == 0 else 1).images_per_s)
+            row_speeds.append(
+                inference_throughput(
+                    setting.network,
+                    batch_size,
+                    setting.input_shape,
+                    runs=runs,
+                    warmup=warmup if round_index == 0 else 1,
+                ).images_per_s
+            )
             if timed:
                 timed()
     rows: list[GuidelineRow] = []
@@ -316,24 +367,32 @@ def run_guideline(guideline: str, base: int | None = None, scale: float = 1.0, s
     for index, (setting, row_speeds) in enumerate(zip(table, speeds)):
         net, speed = setting.network, percentile(row_speeds, 50)
         macs = count_macs(net, setting.input_shape)  # fp32: 4 bytes per element in mac_bytes
-        rows.append(GuidelineRow(
-            guideline=guideline, setting=setting.name, channels=setting.channels,
-            flops=macs.flops, mac_bytes=macs.mac_bytes,
-            elementwise_bytes=elementwise_bytes(net, setting.input_shape),
-            images_per_s=speed, spread=(percentile(row_speeds, 75) - percentile(row_speeds, 25)) / speed,
-            ms_per_batch=1000 * batch_size / speed, relative_speed=speed / first,
-            paper_gpu=paper["gpu"][index] if paper["gpu"] else None,
-            paper_arm=paper["arm"][index] if paper["arm"] else None,
-            paper_gpu_first=paper["gpu"][0] if paper["gpu"] else None,
-            paper_arm_first=paper["arm"][0] if paper["arm"] else None,
-            context=measurement_context(net, batch_size, setting.input_shape) | {"blocks": blocks, "runs": runs,
-                                                                                  "rounds": rounds},
-        ))
+        rows.append(
+            GuidelineRow(
+                guideline=guideline,
+                setting=setting.name,
+                channels=setting.channels,
+                flops=macs.flops,
+                mac_bytes=macs.mac_bytes,
+                elementwise_bytes=elementwise_bytes(net, setting.input_shape),
+                images_per_s=speed,
+                spread=(percentile(row_speeds, 75) - percentile(row_speeds, 25)) / speed,
+                ms_per_batch=1000 * batch_size / speed,
+                relative_speed=speed / first,
+                paper_gpu=paper["gpu"][index] if paper["gpu"] else None,
+                paper_arm=paper["arm"][index] if paper["arm"] else None,
+                paper_gpu_first=paper["gpu"][0] if paper["gpu"] else None,
+                paper_arm_first=paper["arm"][0] if paper["arm"] else None,
+                context=measurement_context(net, batch_size, setting.input_shape)
+                | {"blocks": blocks, "runs": runs, "rounds": rounds},
+            )
+        )
     return rows
 
 
-def run_guidelines(guidelines=GUIDELINES, progress: Callable[[str, int, int], None] | None = None,
-                   **kwargs) -> dict[str, list[GuidelineRow]]:
+def run_guidelines(
+    guidelines=GUIDELINES, progress: Callable[[str, int, int], None] | None = None, **kwargs
+) -> dict[str, list[GuidelineRow]]:
     """`run_guideline` for each of `guidelines`; keyword arguments go to each (pass `scale` rather than `base`:
     each table has its own paper setting). Every name is checked before the first table is measured.
     `progress(guideline, done, total)` is called as each table starts and after each of its timings: `done` of
@@ -387,11 +446,13 @@ def guideline_cells(row: dict[str, Any]) -> list[str]:
 
 def guideline_caption(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
-    return (f"one image: FLOPs = 2 x multiply-adds, MAC = conv inputs + outputs + weights (fp32); speed at batch "
-            f"{first['batch_size']}, input {first['input_size']} (first row), {first['blocks']} blocks, median of "
-            f"{first['rounds']} interleaved rounds of {first['runs']} batches (spread: their interquartile range / "
-            f"median); "
-            f"{first['device']}, {first['dtype']}, threads {first['threads']}, torch {first['torch_version']}")
+    return (
+        f"one image: FLOPs = 2 x multiply-adds, MAC = conv inputs + outputs + weights (fp32); speed at batch "
+        f"{first['batch_size']}, input {first['input_size']} (first row), {first['blocks']} blocks, median of "
+        f"{first['rounds']} interleaved rounds of {first['runs']} batches (spread: their interquartile range / "
+        f"median); "
+        f"{first['device']}, {first['dtype']}, threads {first['threads']}, torch {first['torch_version']}"
+    )
 
 
 def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
@@ -424,12 +485,22 @@ def profile_guidelines(settings: ProfileSettings, output_dir: Path) -> dict[str,
     # Options left unset (null) take run_guideline's defaults, the paper's settings.
     options = {key: value for key, value in settings.guideline.items() if value is not None}
     with bar:
-        tables = run_guidelines(settings.guidelines, progress=progress, device=settings.device, runs=settings.runs,
-                                warmup=settings.warmup, **options)
+        tables = run_guidelines(
+            settings.guidelines,
+            progress=progress,
+            device=settings.device,
+            runs=settings.runs,
+            warmup=settings.warmup,
+            **options,
+        )
     rows = {guideline: [row.as_dict() for row in table] for guideline, table in tables.items()}
     for guideline, table_rows in rows.items():
-        print_table(TITLES[guideline], GUIDELINE_TABLE_COLUMNS, [guideline_cells(row) for row in table_rows],
-                    caption=guideline_caption(table_rows))
+        print_table(
+            TITLES[guideline],
+            GUIDELINE_TABLE_COLUMNS,
+            [guideline_cells(row) for row in table_rows],
+            caption=guideline_caption(table_rows),
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "guidelines.md", guidelines_markdown(rows))
     flat = [row for table_rows in rows.values() for row in table_rows]

@@ -23,8 +23,15 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lnrepro.models.layers import (ConvBnAct, SqueezeExcite, cifar_strides, conv3x3_slot, init_weights, resolve_dropout,
-                                   scale_channels)
+from lnrepro.models.layers import (
+    ConvBnAct,
+    SqueezeExcite,
+    cifar_strides,
+    conv3x3_slot,
+    init_weights,
+    resolve_dropout,
+    scale_channels,
+)
 from lnrepro.models.registry import register_model
 
 # Paper Table 1 / official code, one row per bottleneck, grouped in the official code's stages:

@@ -198,8 +198,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     ):
         raise UserInputError(
             f"pretrained file {str(path)!r} is not a state_dict (a mapping of parameter names to tensors); "
@@ -210,14 +212,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     # (a compiled copy, a loss with weights): keep the network's part.
     for prefix in ("net.", "model."):
         if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             break
     stripped = True
     while stripped:  # DataParallel / torch.compile wrappers, possibly nested
         stripped = False
         for prefix in ("module.", "_orig_mod."):
             if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 stripped = True
     return state
 
@@ -305,7 +307,10 @@ def load_pretrained(model: nn.Module, path: str | Path, *, model_name: str = "mo
         log.info(
             "%s: pretrained classifier has %d classes, the model %d: classifier re-initialised, "
             "all other weights loaded from %s",
-            model_name, file_classes, own[own_cls[0]].shape[0], path,
+            model_name,
+            file_classes,
+            own[own_cls[0]].shape[0],
+            path,
         )
     else:
         log.info("%s: loaded pretrained weights from %s", model_name, path)

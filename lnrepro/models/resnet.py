@@ -58,9 +58,7 @@ class ResNet(nn.Module):
         if stem == "cifar":
             self.stem = conv3x3_slot(conv, 3, in_channels, 1, act_layer=nn.ReLU)
         else:
-            self.stem = nn.Sequential(
-                ConvBnAct(3, in_channels, 7, 2), nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-            )
+            self.stem = nn.Sequential(ConvBnAct(3, in_channels, 7, 2), nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
         for index, (blocks, channels) in enumerate(zip(STAGE_BLOCKS, STAGE_CHANNELS)):
             out_channels = scale_channels(channels, width)
             stride = 1 if index == 0 else 2

@@ -8,16 +8,41 @@ the keys of `lnrepro.schema`.
 """
 
 from lnrepro.profiling.context import measurement_context, synchronize
-from lnrepro.profiling.counts import (LayerCost, MacCount, MemoryAccessCost, ParameterCount, count_macs,
-                                      count_parameters, evaluation_mode, memory_access_cost)
+from lnrepro.profiling.counts import (
+    LayerCost,
+    MacCount,
+    MemoryAccessCost,
+    ParameterCount,
+    count_macs,
+    count_parameters,
+    evaluation_mode,
+    memory_access_cost,
+)
 from lnrepro.profiling.memory import PeakMemory, inference_peak_memory, training_peak_memory
 from lnrepro.profiling.measure import ProfileSettings, measured_metrics, profile_model, static_metrics
 from lnrepro.profiling.timing import Latency, Throughput, inference_throughput, latency, training_throughput
 
 __all__ = [
-    "LayerCost", "Latency", "MacCount", "MemoryAccessCost", "ParameterCount", "PeakMemory", "ProfileSettings",
+    "LayerCost",
+    "Latency",
+    "MacCount",
+    "MemoryAccessCost",
+    "ParameterCount",
+    "PeakMemory",
+    "ProfileSettings",
     "Throughput",
-    "count_macs", "count_parameters", "evaluation_mode", "inference_peak_memory", "inference_throughput", "latency",
-    "measured_metrics", "measurement_context", "memory_access_cost", "profile_model", "static_metrics", "synchronize",
-    "training_peak_memory", "training_throughput",
+    "count_macs",
+    "count_parameters",
+    "evaluation_mode",
+    "inference_peak_memory",
+    "inference_throughput",
+    "latency",
+    "measured_metrics",
+    "measurement_context",
+    "memory_access_cost",
+    "profile_model",
+    "static_metrics",
+    "synchronize",
+    "training_peak_memory",
+    "training_throughput",
 ]

@@ -32,13 +32,52 @@ CONVENTIONS = ("conv_linear", "with_norm", "with_elementwise")
 #: A published figure within this fraction of a convention's count "matches" it (rounding in papers' tables).
 MATCH_TOLERANCE = 0.03
 
-_NORM_OPS = {"native_batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
-             "batch_norm", "cudnn_batch_norm", "miopen_batch_norm"}
-_ELEMENTWISE_OPS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "hardswish", "hardswish_", "hardsigmoid",
-                    "hardsigmoid_", "sigmoid", "sigmoid_", "silu", "silu_", "gelu", "clamp", "clamp_", "clamp_min",
-                    "clamp_min_", "add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_", "tanh", "leaky_relu"}
-_POOL_OPS = {"mean", "avg_pool2d", "adaptive_avg_pool2d", "max_pool2d", "max_pool2d_with_indices",
-             "_adaptive_avg_pool2d"}
+_NORM_OPS = {
+    "native_batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit",
+    "batch_norm",
+    "cudnn_batch_norm",
+    "miopen_batch_norm",
+}
+_ELEMENTWISE_OPS = {
+    "relu",
+    "relu_",
+    "relu6",
+    "hardtanh",
+    "hardtanh_",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "sigmoid",
+    "sigmoid_",
+    "silu",
+    "silu_",
+    "gelu",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_min_",
+    "add",
+    "add_",
+    "mul",
+    "mul_",
+    "sub",
+    "sub_",
+    "div",
+    "div_",
+    "tanh",
+    "leaky_relu",
+}
+_POOL_OPS = {
+    "mean",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+    "max_pool2d",
+    "max_pool2d_with_indices",
+    "_adaptive_avg_pool2d",
+}
 
 
 class _ElementCounter(TorchDispatchMode):
@@ -72,8 +111,11 @@ def count_conventions(model: nn.Module, input_size: InputSize) -> dict[str, int]
         with flops, elements:
             model(images)
     conv_linear = flops.get_total_flops() // 2
-    return {"conv_linear": conv_linear, "with_norm": conv_linear + elements.norm,
-            "with_elementwise": conv_linear + elements.norm + elements.elementwise}
+    return {
+        "conv_linear": conv_linear,
+        "with_norm": conv_linear + elements.norm,
+        "with_elementwise": conv_linear + elements.norm + elements.elementwise,
+    }
 
 
 def matching_convention(counts: dict[str, int], published_macs: float | None) -> str | None:
@@ -87,6 +129,13 @@ def matching_convention(counts: dict[str, int], published_macs: float | None) ->
 def convention_rows(counts: dict[str, int], published_macs: float | None) -> list[dict[str, Any]]:
     """One row per convention: multiply-adds, FLOPs, the ratio to the published figure, whether it matches."""
     match = matching_convention(counts, published_macs)
-    return [{"convention": name, "macs": counts[name], "flops": 2 * counts[name],
-             "vs_published": counts[name] / published_macs if published_macs else None, "matches": name == match}
-            for name in CONVENTIONS]
+    return [
+        {
+            "convention": name,
+            "macs": counts[name],
+            "flops": 2 * counts[name],
+            "vs_published": counts[name] / published_macs if published_macs else None,
+            "matches": name == match,
+        }
+        for name in CONVENTIONS
+    ]

@@ -95,8 +95,11 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name or type(model).__name__, module) for name, module in model.named_modules()
-            if not any(True for _ in module.children())]
+    return [
+        (name or type(model).__name__, module)
+        for name, module in model.named_modules()
+        if not any(True for _ in module.children())
+    ]
 
 
 def _first_tensor(value) -> torch.Tensor | None:
@@ -116,7 +119,9 @@ def _mac_bytes(module: nn.Module, inputs, output, bytes_per_element: int) -> int
         return 0
     feature_in, feature_out = _first_tensor(inputs), _first_tensor(output)
     elements = sum(p.numel() for p in module.parameters(recurse=False))
-    elements += (feature_in.numel() if feature_in is not None else 0) + (feature_out.numel() if feature_out is not None else 0)
+    elements += (feature_in.numel() if feature_in is not None else 0) + (
+        feature_out.numel() if feature_out is not None else 0
+    )
     return elements * bytes_per_element
 
 
@@ -139,15 +144,18 @@ def _profile_layers(model: nn.Module, input_size: InputSize, bytes_per_element: 
         def hook(module, inputs, output):
             flops = counter.get_total_flops() - started.pop(id(module))
             out = _first_tensor(output)
-            layers.append(LayerCost(
-                name=name,
-                type=type(module).__name__,
-                macs=flops // 2,
-                params=sum(p.numel() for p in module.parameters(recurse=False)),
-                output_shape=tuple(out.shape[1:]) if out is not None else (),
-                mac_bytes=_mac_bytes(module, inputs, output, bytes_per_element),
-                is_conv=isinstance(module, nn.Conv2d),
-            ))
+            layers.append(
+                LayerCost(
+                    name=name,
+                    type=type(module).__name__,
+                    macs=flops // 2,
+                    params=sum(p.numel() for p in module.parameters(recurse=False)),
+                    output_shape=tuple(out.shape[1:]) if out is not None else (),
+                    mac_bytes=_mac_bytes(module, inputs, output, bytes_per_element),
+                    is_conv=isinstance(module, nn.Conv2d),
+                )
+            )
+
         return hook
 
     for name, module in _leaf_modules(model):

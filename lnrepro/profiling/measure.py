@@ -51,13 +51,19 @@ class ProfileSettings:
     guideline: dict[str, Any] = field(default_factory=dict)  # their options
 
     def __post_init__(self) -> None:
-        for name, least in (("batch_size", 1), ("runs", 1), ("throughput_runs", 1), ("warmup", 0),
-                            ("calibration_images", 1)):
+        for name, least in (
+            ("batch_size", 1),
+            ("runs", 1),
+            ("throughput_runs", 1),
+            ("warmup", 0),
+            ("calibration_images", 1),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise UserInputError(f"profile.{name}={value!r} is not possible: use an integer >= {least}")
-        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
-                                         or self.threads < 1):
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
+        ):
             raise UserInputError(f"profile.threads={self.threads!r} is not possible: use null or an integer >= 1")
         unknown = [runtime for runtime in self.runtimes if runtime not in RUNTIMES]
         if unknown:
@@ -81,8 +87,9 @@ class ProfileSettings:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - fields)
         if unknown:
-            raise UserInputError(f"profile.{unknown[0]} is not a profile setting; the settings are: "
-                                 f"{', '.join(sorted(fields))}")
+            raise UserInputError(
+                f"profile.{unknown[0]} is not a profile setting; the settings are: {', '.join(sorted(fields))}"
+            )
         values["guidelines"] = list(values["guidelines"]) if values.get("guidelines") else None
         values["guideline"] = dict(values.get("guideline") or {})
         if "runtimes" in values:
@@ -126,14 +133,30 @@ LAYER_COLUMNS = ["layer", "type", "macs", "flops", "params", "output_shape", "ma
 def layer_rows(macs: MacCount) -> list[list[Any]]:
     """The per-layer breakdown of `count_macs` as table rows under `LAYER_COLUMNS` (FLOPs = 2 x multiply-adds,
     output shape as "CxHxW", memory access cost in bytes, 0 for layers other than Conv2d/Linear)."""
-    return [[layer.name, layer.type, layer.macs, 2 * layer.macs, layer.params,
-             shape_text(layer.output_shape), layer.mac_bytes] for layer in macs.layers]
+    return [
+        [
+            layer.name,
+            layer.type,
+            layer.macs,
+            2 * layer.macs,
+            layer.params,
+            shape_text(layer.output_shape),
+            layer.mac_bytes,
+        ]
+        for layer in macs.layers
+    ]
 
 
-def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileSettings | None = None,
-                     training_speed: bool = True, calibration: torch.Tensor | None = None,
-                     test_batches: Callable[[], Iterable] | None = None, keep_going: bool = False,
-                     progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+def measured_metrics(
+    model: nn.Module,
+    input_size: InputSize,
+    settings: ProfileSettings | None = None,
+    training_speed: bool = True,
+    calibration: torch.Tensor | None = None,
+    test_batches: Callable[[], Iterable] | None = None,
+    keep_going: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
     """What `settings` asks for, on the device and dtype where the model is, with `settings.threads`:
 
     - for each of `settings.runtimes`, latency at batch 1 (`runs` timed passes) and throughput at `batch_size`
@@ -155,10 +178,19 @@ def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileS
             if progress is not None:
                 progress(runtime, done, len(settings.runtimes))
             try:
-                metrics.update(measure_runtime(
-                    runtime, model, input_size, batch_size=batch, runs=settings.runs, throughput_runs=runs,
-                    warmup=settings.warmup, calibration=calibration,
-                    test_batches=test_batches() if test_batches is not None and runtime != "eager" else None))
+                metrics.update(
+                    measure_runtime(
+                        runtime,
+                        model,
+                        input_size,
+                        batch_size=batch,
+                        runs=settings.runs,
+                        throughput_runs=runs,
+                        warmup=settings.warmup,
+                        calibration=calibration,
+                        test_batches=test_batches() if test_batches is not None and runtime != "eager" else None,
+                    )
+                )
             except Exception as error:  # noqa: BLE001  one runtime's failure must not cost the run's other figures
                 if not keep_going:
                     raise
@@ -169,11 +201,15 @@ def measured_metrics(model: nn.Module, input_size: InputSize, settings: ProfileS
             progress("done", len(settings.runtimes), len(settings.runtimes))
         if settings.train and training_speed:
             metrics[schema.TRAIN_IMGS_PER_S] = training_throughput(
-                model, batch, input_size, runs=runs, warmup=warmup).images_per_s
+                model, batch, input_size, runs=runs, warmup=warmup
+            ).images_per_s
         if settings.memory:
             metrics[schema.MEMORY_INFER_PEAK_MB] = inference_peak_memory(model, batch, input_size).peak_mb
-            metrics[schema.MEMORY_PEAK_MB] = (training_peak_memory(model, batch, input_size).peak_mb
-                                              if settings.train else metrics[schema.MEMORY_INFER_PEAK_MB])
+            metrics[schema.MEMORY_PEAK_MB] = (
+                training_peak_memory(model, batch, input_size).peak_mb
+                if settings.train
+                else metrics[schema.MEMORY_INFER_PEAK_MB]
+            )
         metrics.update(measurement_context(model, batch, input_size))
     return metrics
 
@@ -184,9 +220,15 @@ def _random_calibration(count: int, input_size: InputSize) -> torch.Tensor:
     return torch.randn(count, *input_shape(input_size), generator=torch.Generator().manual_seed(0))
 
 
-def profile_model(model: nn.Module, input_size: InputSize, settings: ProfileSettings | None = None,
-                  macs: MacCount | None = None, progress: Callable[[str, int, int], None] | None = None
-                  ) -> dict[str, Any]:
+def profile_model(
+    model: nn.Module,
+    input_size: InputSize,
+    settings: ProfileSettings | None = None,
+    macs: MacCount | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
     """`static_metrics` (with `macs` when the caller has counted them) and `measured_metrics` together."""
-    return {**static_metrics(model, input_size, macs=macs),
-            **measured_metrics(model, input_size, settings, progress=progress)}
+    return {
+        **static_metrics(model, input_size, macs=macs),
+        **measured_metrics(model, input_size, settings, progress=progress),
+    }

@@ -47,8 +47,11 @@ def _profiled_peak_bytes(run: Callable[[], None]) -> int:
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    events = [event for event in prof.profiler.kineto_results.events()
-              if event.name() == "[memory]" and str(event.device_type()).endswith("CPU")]
+    events = [
+        event
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]" and str(event.device_type()).endswith("CPU")
+    ]
     live = peak = 0
     for event in sorted(events, key=lambda e: e.start_ns()):
         live += event.nbytes()
@@ -70,6 +73,7 @@ def _peak(model: nn.Module, run: Callable[[], None]) -> tuple[float, str]:
 def inference_peak_memory(model: nn.Module, batch_size: int, input_size: InputSize) -> PeakMemory:
     """Peak memory of one forward pass at `batch_size` in eval mode under no_grad (input included), weights
     included; see the module docstring for how. The model's train/eval mode is restored."""
+
     def forward() -> None:
         model(random_input(model, batch_size, input_size))  # made inside, so the input counts in the peak
 

@@ -38,8 +38,15 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.profiling.context import (InputSize, input_shape, model_device, model_dtype, percentile,
-                                       random_input, synchronize)
+from lnrepro.profiling.context import (
+    InputSize,
+    input_shape,
+    model_device,
+    model_dtype,
+    percentile,
+    random_input,
+    synchronize,
+)
 from lnrepro.profiling.counts import evaluation_mode
 from lnrepro.profiling.timing import time_calls
 
@@ -145,27 +152,33 @@ def check_runtime(runtime: str, device: torch.device | str = "cpu") -> None:
         raise UserInputError(f"unknown runtime {runtime!r}; choose from: {', '.join(RUNTIMES)}")
     for package in _PACKAGES.get(runtime, ()):
         if importlib.util.find_spec(package) is None:
-            raise UserInputError(f"runtime {runtime!r} needs the package {package}, which is not installed "
-                                 f"(pip install {package})")
+            raise UserInputError(
+                f"runtime {runtime!r} needs the package {package}, which is not installed (pip install {package})"
+            )
     if runtime == "compiled":
         candidates = _cxx_compilers(torch.device(device))
         if not any(shutil.which(c) for c in candidates):
-            raise UserInputError(f"runtime 'compiled' needs a C/C++ compiler, which is not installed: torch.compile "
-                                 f"builds its kernels with one of {', '.join(candidates)} and none is on PATH "
-                                 f"(install g++, e.g. apt-get install g++, or set CXX)")
+            raise UserInputError(
+                f"runtime 'compiled' needs a C/C++ compiler, which is not installed: torch.compile "
+                f"builds its kernels with one of {', '.join(candidates)} and none is on PATH "
+                f"(install g++, e.g. apt-get install g++, or set CXX)"
+            )
 
 
 def _calibration_images(calibration: torch.Tensor | None, input_size: InputSize) -> torch.Tensor:
     if calibration is None:
-        raise UserInputError("runtime 'onnxruntime_int8' needs calibration images (a float tensor of N >= 1 "
-                             "normalised images) to choose its activation ranges")
+        raise UserInputError(
+            "runtime 'onnxruntime_int8' needs calibration images (a float tensor of N >= 1 "
+            "normalised images) to choose its activation ranges"
+        )
     if not isinstance(calibration, torch.Tensor) or calibration.dim() != 4:
         raise UserInputError("calibration must be a float tensor of N images (N x C x H x W)")
     if calibration.shape[0] < 1:
         raise UserInputError(f"calibration has {calibration.shape[0]} images; int8 calibration needs at least 1")
     if tuple(calibration.shape[1:]) != input_shape(input_size):
-        raise UserInputError(f"calibration images are {tuple(calibration.shape[1:])}, the network's input is "
-                             f"{input_shape(input_size)}")
+        raise UserInputError(
+            f"calibration images are {tuple(calibration.shape[1:])}, the network's input is {input_shape(input_size)}"
+        )
     return calibration.detach().to("cpu", torch.float32)
 
 
@@ -197,10 +210,12 @@ def _compile_counters() -> dict[str, int]:
     from torch._dynamo.utils import counters
 
     inductor, aot = counters["inductor"], counters["aot_autograd"]
-    return {"graphs": counters["frames"]["ok"],
-            "hits": inductor["fxgraph_cache_hit"] + aot["autograd_cache_hit"],
-            # a bypass (a graph the cache cannot key) is built from scratch like a miss
-            "misses": inductor["fxgraph_cache_miss"] + inductor["fxgraph_cache_bypass"] + aot["autograd_cache_miss"]}
+    return {
+        "graphs": counters["frames"]["ok"],
+        "hits": inductor["fxgraph_cache_hit"] + aot["autograd_cache_hit"],
+        # a bypass (a graph the cache cannot key) is built from scratch like a miss
+        "misses": inductor["fxgraph_cache_miss"] + inductor["fxgraph_cache_bypass"] + aot["autograd_cache_miss"],
+    }
 
 
 class _Compiled:
@@ -296,16 +311,25 @@ def _export_onnx(model: nn.Module, input_size: InputSize, path: Path) -> float:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy-exporter deprecation and tracer warnings
-            torch.onnx.export(exported, (images,), str(path), dynamo=False, input_names=["images"],
-                              output_names=["logits"], opset_version=OPSET,
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                exported,
+                (images,),
+                str(path),
+                dynamo=False,
+                input_names=["images"],
+                output_names=["logits"],
+                opset_version=OPSET,
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
     except Exception as error:  # noqa: BLE001  any export failure is the network's, told in one line
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         match = re.search(r"operator '([\w:.]+)'", message)
         layer = _unsupported_layer(exported, images, match.group(1)) if match else None
-        raise UserInputError(f"{type(model).__name__} cannot be exported to ONNX: {message}"
-                             + (f" (in {layer})" if layer else "")
-                             + "; replace that operation, or leave the ONNX runtimes out") from error
+        raise UserInputError(
+            f"{type(model).__name__} cannot be exported to ONNX: {message}"
+            + (f" (in {layer})" if layer else "")
+            + "; replace that operation, or leave the ONNX runtimes out"
+        ) from error
     return time.perf_counter() - start
 
 
@@ -322,8 +346,12 @@ def _session(model_bytes: bytes, device: torch.device, allow_gpu: bool = True):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no per-node placement warnings
     providers = ["CPUExecutionProvider"]
-    if (allow_gpu and device.type == "cuda" and torch.cuda.is_available()
-            and "CUDAExecutionProvider" in onnxruntime.get_available_providers()):
+    if (
+        allow_gpu
+        and device.type == "cuda"
+        and torch.cuda.is_available()
+        and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    ):
         providers.insert(0, "CUDAExecutionProvider")
     return onnxruntime.InferenceSession(model_bytes, options, providers=providers)
 
@@ -331,6 +359,7 @@ def _session(model_bytes: bytes, device: torch.device, allow_gpu: bool = True):
 def _onnx_runner(session) -> Callable[[torch.Tensor], torch.Tensor]:
     """Logits of `session` as a float32 torch tensor on the images' device (ONNX Runtime takes and returns host
     numpy arrays here; the copies are part of what deploying through it costs)."""
+
     def run(images: torch.Tensor) -> torch.Tensor:
         feed = {"images": images.detach().to("cpu", torch.float32).contiguous().numpy()}
         logits = torch.from_numpy(session.run(None, feed)[0])
@@ -357,12 +386,23 @@ def _quantize(source: Path, target: Path, calibration: torch.Tensor, reduce_rang
     # its INFO line ("Performing symbolic shape inference...") is progress chatter in every run's log, not a result
     logging.getLogger("onnxruntime.quantization.shape_inference").setLevel(logging.WARNING)
     quant_pre_process(str(source), str(processed))
-    quantize_static(str(processed), str(target), Reader(calibration), quant_format=QuantFormat.QDQ,
-                    per_channel=True, reduce_range=reduce_range)
+    quantize_static(
+        str(processed),
+        str(target),
+        Reader(calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=reduce_range,
+    )
 
 
-def prepare(runtime: str, model: nn.Module, input_size: InputSize, calibration: torch.Tensor | None = None,
-            workdir: str | Path | None = None) -> Runner:
+def prepare(
+    runtime: str,
+    model: nn.Module,
+    input_size: InputSize,
+    calibration: torch.Tensor | None = None,
+    workdir: str | Path | None = None,
+) -> Runner:
     """`model` ready to run in `runtime` (see `RUNTIMES`), as a `Runner`.
 
     - eager: the model itself, switched to eval mode (for good: `measure_runtime` restores the caller's mode), each
@@ -385,8 +425,11 @@ def prepare(runtime: str, model: nn.Module, input_size: InputSize, calibration: 
     if runtime == "onnxruntime_int8" or calibration is not None:  # checked for every runtime: it is the probe
         calibration = _calibration_images(calibration, input_size)
     model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule wraps the network it compiled
-    probe = (calibration[:1] if calibration is not None else
-             torch.randn(1, *input_shape(input_size), generator=torch.Generator().manual_seed(1)))
+    probe = (
+        calibration[:1]
+        if calibration is not None
+        else torch.randn(1, *input_shape(input_size), generator=torch.Generator().manual_seed(1))
+    )
     facts: dict[str, Any] = {}
 
     if runtime == "eager":
@@ -399,13 +442,21 @@ def prepare(runtime: str, model: nn.Module, input_size: InputSize, calibration: 
         runner = Runner(runtime, _Compiled(copy.deepcopy(model).eval(), facts), device, facts)
     else:
         runner = _prepare_onnx(runtime, model, input_size, calibration, workdir, device, facts)
-    facts[f"{runtime}/max_abs_diff"] = float((runner(probe.to(device, model_dtype(model))).float() - expected)
-                                             .abs().max())
+    facts[f"{runtime}/max_abs_diff"] = float(
+        (runner(probe.to(device, model_dtype(model))).float() - expected).abs().max()
+    )
     return runner
 
 
-def _prepare_onnx(runtime: str, model: nn.Module, input_size: InputSize, calibration: torch.Tensor | None,
-                  workdir: str | Path | None, device: torch.device, facts: dict[str, Any]) -> Runner:
+def _prepare_onnx(
+    runtime: str,
+    model: nn.Module,
+    input_size: InputSize,
+    calibration: torch.Tensor | None,
+    workdir: str | Path | None,
+    device: torch.device,
+    facts: dict[str, Any],
+) -> Runner:
     import onnxruntime
 
     with tempfile.TemporaryDirectory(prefix="lnrepro-onnx-") as scratch:
@@ -430,10 +481,18 @@ def _prepare_onnx(runtime: str, model: nn.Module, input_size: InputSize, calibra
 
 
 # --- measuring -----------------------------------------------------------------------------------------------------
-def measure_runtime(runtime: str, model: nn.Module, input_size: InputSize, batch_size: int = 64, runs: int = 50,
-                    throughput_runs: int = 10, warmup: int = 5, calibration: torch.Tensor | None = None,
-                    workdir: str | Path | None = None,
-                    test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, Any]:
+def measure_runtime(
+    runtime: str,
+    model: nn.Module,
+    input_size: InputSize,
+    batch_size: int = 64,
+    runs: int = 50,
+    throughput_runs: int = 10,
+    warmup: int = 5,
+    calibration: torch.Tensor | None = None,
+    workdir: str | Path | None = None,
+    test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> dict[str, Any]:
     """Prepare `model` in `runtime` and time it, with torch's current thread count (ONNX Runtime gets the same).
 
     - `prepare/<runtime>_s`: seconds from nothing to a runner that has run once at batch 1 and once at
@@ -449,8 +508,12 @@ def measure_runtime(runtime: str, model: nn.Module, input_size: InputSize, batch
     - with `test_batches` ((images, labels) as eager sees them), `test/acc_<runtime>` of the same runner.
     The caller's train/eval mode comes back afterwards; the timed inputs are random normal images."""
     check_runtime(runtime, model_device(model))
-    for name, value, least in (("batch_size", batch_size, 1), ("runs", runs, 1),
-                               ("throughput_runs", throughput_runs, 1), ("warmup", warmup, 0)):
+    for name, value, least in (
+        ("batch_size", batch_size, 1),
+        ("runs", runs, 1),
+        ("throughput_runs", throughput_runs, 1),
+        ("warmup", warmup, 0),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise UserInputError(f"{name}={value!r} is not possible: use an integer >= {least}")
     device = model_device(model)
@@ -481,8 +544,9 @@ def measure_runtime(runtime: str, model: nn.Module, input_size: InputSize, batch
     return metrics
 
 
-def runtime_accuracy(runner: Callable[[torch.Tensor], torch.Tensor],
-                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def runtime_accuracy(
+    runner: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
     """Top-1 accuracy (a fraction, micro: correct / total images) of `runner` over (images, labels) batches,
     images normalised as eager sees them: `test/acc_<runtime>`, comparable with `test/acc`."""
     correct = total = 0

@@ -16,8 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lnrepro.profiling.context import (InputSize, measurement_context, model_device, random_input,
-                                       percentile, synchronize)
+from lnrepro.profiling.context import (
+    InputSize,
+    measurement_context,
+    model_device,
+    random_input,
+    percentile,
+    synchronize,
+)
 from lnrepro.profiling.counts import evaluation_mode
 
 
@@ -54,8 +60,9 @@ def time_calls(step: Callable[[], Any], device: torch.device, runs: int, warmup:
     return seconds
 
 
-def latency(model: nn.Module, input_size: InputSize, device: torch.device | str | None = None, runs: int = 50,
-            warmup: int = 5) -> Latency:
+def latency(
+    model: nn.Module, input_size: InputSize, device: torch.device | str | None = None, runs: int = 50, warmup: int = 5
+) -> Latency:
     """Inference latency of one image (batch 1): median and 90th percentile over `runs` forward passes in eval
     mode under no_grad, after `warmup` passes, in milliseconds. The model's train/eval mode is restored."""
     model = _placed(model, device)
@@ -66,8 +73,14 @@ def latency(model: nn.Module, input_size: InputSize, device: torch.device | str 
     return Latency(percentile(ms, 50), percentile(ms, 90), runs, measurement_context(model, 1, input_size))
 
 
-def inference_throughput(model: nn.Module, batch_size: int, input_size: InputSize,
-                         device: torch.device | str | None = None, runs: int = 10, warmup: int = 2) -> Throughput:
+def inference_throughput(
+    model: nn.Module,
+    batch_size: int,
+    input_size: InputSize,
+    device: torch.device | str | None = None,
+    runs: int = 10,
+    warmup: int = 2,
+) -> Throughput:
     """Images per second of forward passes at `batch_size` in eval mode under no_grad: batch_size x runs
     images over the summed time of the `runs` timed passes (after `warmup` passes)."""
     model = _placed(model, device)
@@ -94,8 +107,14 @@ def train_step_fn(model: nn.Module, batch_size: int, input_size: InputSize) -> C
     return step
 
 
-def training_throughput(model: nn.Module, batch_size: int, input_size: InputSize,
-                        device: torch.device | str | None = None, runs: int = 5, warmup: int = 2) -> Throughput:
+def training_throughput(
+    model: nn.Module,
+    batch_size: int,
+    input_size: InputSize,
+    device: torch.device | str | None = None,
+    runs: int = 5,
+    warmup: int = 2,
+) -> Throughput:
     """Images per second of training steps (forward + backward + SGD step, see `train_step_fn`) at
     `batch_size`, in train mode. It trains a deep copy of the model, so the caller's weights, BatchNorm
     statistics and optimizer are untouched (the copy costs the model's memory once more)."""

@@ -8,5 +8,18 @@ from lnrepro.reporting.plots import pareto_front
 from lnrepro.reporting.reference import Reference, load_reference, parse_amount
 from lnrepro.reporting.render import COLUMNS, Report, format_value, log_to_wandb, make_report
 
-__all__ = ["COLUMNS", "Reference", "Report", "ReportError", "Run", "find_metrics_files", "format_value",
-           "load_reference", "load_runs", "log_to_wandb", "make_report", "pareto_front", "parse_amount"]
+__all__ = [
+    "COLUMNS",
+    "Reference",
+    "Report",
+    "ReportError",
+    "Run",
+    "find_metrics_files",
+    "format_value",
+    "load_reference",
+    "load_runs",
+    "log_to_wandb",
+    "make_report",
+    "pareto_front",
+    "parse_amount",
+]

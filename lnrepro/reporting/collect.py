@@ -28,8 +28,10 @@ def find_metrics_files(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
-            raise ReportError(f"{path} does not exist: give run directories such as logs/train/runs/<time> "
-                              f"or logs/train/multiruns/<time>")
+            raise ReportError(
+                f"{path} does not exist: give run directories such as logs/train/runs/<time> "
+                f"or logs/train/multiruns/<time>"
+            )
         if path.is_file():
             found.append(path)
         else:
@@ -37,8 +39,10 @@ def find_metrics_files(paths: list[str | Path]) -> list[Path]:
     unique = list(dict.fromkeys(p.resolve() for p in found))
     if not unique:
         where = ", ".join(str(p) for p in paths) or "(no directory given)"
-        raise ReportError(f"no metrics.json found under {where}: point lnrepro-report at a run directory "
-                          f"(logs/train/runs/<time>) or a multirun (logs/train/multiruns/<time>) that has finished")
+        raise ReportError(
+            f"no metrics.json found under {where}: point lnrepro-report at a run directory "
+            f"(logs/train/runs/<time>) or a multirun (logs/train/multiruns/<time>) that has finished"
+        )
     return unique
 
 

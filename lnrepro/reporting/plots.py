@@ -16,7 +16,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     for i, (cost_i, acc_i) in enumerate(points):
         dominated = any(
             cost_j <= cost_i and acc_j >= acc_i and (cost_j < cost_i or acc_j > acc_i)
-            for j, (cost_j, acc_j) in enumerate(points) if j != i
+            for j, (cost_j, acc_j) in enumerate(points)
+            if j != i
         )
         if not dominated:
             front.append(i)
@@ -56,13 +57,27 @@ def scatter_plot(
         px, py, plabels = published
         ax.scatter(px, py, s=40, facecolors="none", edgecolors="tab:gray", zorder=2, label="published")
         for x, y, label in zip(px, py, plabels):
-            ax.annotate(f"{label} (published)", (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7,
-                        color="tab:gray")
+            ax.annotate(
+                f"{label} (published)",
+                (x, y),
+                textcoords="offset points",
+                xytext=(5, -10),
+                fontsize=7,
+                color="tab:gray",
+            )
     if pareto and xs:
         front = pareto_front(list(zip(xs, ys)))
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color="tab:red", lw=1.2, zorder=2)
-        ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=110, facecolors="none",
-                   edgecolors="tab:red", linewidths=1.5, zorder=4, label="Pareto front")
+        ax.scatter(
+            [xs[i] for i in front],
+            [ys[i] for i in front],
+            s=110,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.5,
+            zorder=4,
+            label="Pareto front",
+        )
     if log_x:
         ax.set_xscale("log")
     if log_y:

@@ -53,7 +53,7 @@ class Reference:
     def how(self) -> str:
         return {
             "seed": "row `<model>_<conv>` (standard = `conv`) with the same stem; params and FLOPs count Conv2d "
-                    "layers only, as the seed does",
+            "layers only, as the seed does",
             "imagenet": "family = model, same width, same groups, resolution = the run's input side",
             "cifar10_published": "model and width (CIFAR-10 runs only); the first matching row",
             "generic": "`model` = the row name or the model (and the same width when the CSV has one)",
@@ -97,11 +97,18 @@ class Reference:
         if self.kind == "imagenet":
             groups = int(row["groups"]) if row.get("groups") else None
             resolution = int(row["resolution"]) if row.get("resolution") else None
-            return (row.get("family") == run.model and same_width() and groups == run.groups
-                    and (resolution is None or resolution == input_resolution(run.metrics)))
+            return (
+                row.get("family") == run.model
+                and same_width()
+                and groups == run.groups
+                and (resolution is None or resolution == input_resolution(run.metrics))
+            )
         if self.kind == "cifar10_published":
-            return (row.get("model") == run.model and same_width()
-                    and str(run.metrics.get(schema.DATA, "cifar10")) == "cifar10")
+            return (
+                row.get("model") == run.model
+                and same_width()
+                and str(run.metrics.get(schema.DATA, "cifar10")) == "cifar10"
+            )
         return row.get("model") in (run.name, run.model) and same_width()
 
     def match(self, run: Run) -> int | None:
@@ -152,6 +159,8 @@ def load_reference(path: str | Path) -> Reference:
     elif "model" in columns:
         kind = "generic"
     else:
-        raise ReportError(f"reference table {path} has no `model` or `family` column (header: "
-                          f"{', '.join(sorted(columns)) or 'empty'})")
+        raise ReportError(
+            f"reference table {path} has no `model` or `family` column (header: "
+            f"{', '.join(sorted(columns)) or 'empty'})"
+        )
     return Reference(path=path, kind=kind, rows=rows)

@@ -38,12 +38,37 @@ COLUMNS = [
 FIGURES = [name for name, _ in COLUMNS[2:]]
 # after the main columns in report.csv: how and where each figure was measured
 # (csv column, metrics.json key)
-EXTRA = [(key, key) for key in (schema.LATENCY_P90_MS, schema.INFER_IMGS_PER_S, schema.TRAIN_IMGS_PER_S,
-                                 schema.MEMORY_INFER_PEAK_MB)] + [
-    ("params_total", schema.PARAMS), ("params_conv", schema.PARAMS_CONV), ("macs", schema.MACS),
-    ("flops_total", schema.FLOPS), ("flops_conv", schema.FLOPS_CONV)] + [(key, key) for key in (
-        schema.MAC_BYTES, schema.WIDTH, schema.CONV, schema.GROUPS, schema.DATA, schema.EPOCHS, *schema.CONTEXT_KEYS,
-        schema.SCHEMA)]
+EXTRA = (
+    [
+        (key, key)
+        for key in (
+            schema.LATENCY_P90_MS,
+            schema.INFER_IMGS_PER_S,
+            schema.TRAIN_IMGS_PER_S,
+            schema.MEMORY_INFER_PEAK_MB,
+        )
+    ]
+    + [
+        ("params_total", schema.PARAMS),
+        ("params_conv", schema.PARAMS_CONV),
+        ("macs", schema.MACS),
+        ("flops_total", schema.FLOPS),
+        ("flops_conv", schema.FLOPS_CONV),
+    ]
+    + [
+        (key, key)
+        for key in (
+            schema.MAC_BYTES,
+            schema.WIDTH,
+            schema.CONV,
+            schema.GROUPS,
+            schema.DATA,
+            schema.EPOCHS,
+            *schema.CONTEXT_KEYS,
+            schema.SCHEMA,
+        )
+    ]
+)
 PLOTS = {
     "top1_vs_deployed_latency": ("deployed_ms_per_image", "top1"),
     "flops_vs_deployed_latency": ("flops", "deployed_ms_per_image"),
@@ -105,14 +130,20 @@ class ReportRow:
         """The seed columns, in report.md's and report.csv's names."""
         stats = self.seeds or SeedStats(0, None, None, None)
         rounded = lambda value: None if value is None else round(value, 3)  # noqa: E731
-        return {"n_seeds": stats.n_seeds, "top1_mean": rounded(stats.top1_mean), "top1_std": rounded(stats.top1_std),
-                "top1_ci95": rounded(stats.top1_ci95), "top1_int8_mean": rounded(stats.top1_int8_mean),
-                "verdict": self.verdict}
+        return {
+            "n_seeds": stats.n_seeds,
+            "top1_mean": rounded(stats.top1_mean),
+            "top1_std": rounded(stats.top1_std),
+            "top1_ci95": rounded(stats.top1_ci95),
+            "top1_int8_mean": rounded(stats.top1_int8_mean),
+            "verdict": self.verdict,
+        }
 
     def csv_record(self, with_reference: bool, root: Path) -> dict[str, Any]:
         record: dict[str, Any] = {"model": self.run.name, "stem": self.run.stem or ""}
-        record.update({name: "" if self.run.values[name] is None else round(self.run.values[name], 6)
-                       for name in FIGURES})
+        record.update(
+            {name: "" if self.run.values[name] is None else round(self.run.values[name], 6) for name in FIGURES}
+        )
         if with_reference:
             record["ref_model"] = self.reference_label or ""
             for name in FIGURES:
@@ -148,8 +179,9 @@ def _common_root(runs: list[Run]) -> Path:
     return Path(os.path.commonpath([str(run.path.parent) for run in runs]))
 
 
-def build_rows(runs: list[Run], reference: Reference | None, tolerance: float = DEFAULT_TOLERANCE
-               ) -> tuple[list[ReportRow], list[str]]:
+def build_rows(
+    runs: list[Run], reference: Reference | None, tolerance: float = DEFAULT_TOLERANCE
+) -> tuple[list[ReportRow], list[str]]:
     """One row per recipe (runs that differ only in seed are one row, `seeds.merge`), in reference order (matched
     rows first), then the rest in path order; notes on what did not match."""
     notes: list[str] = []
@@ -167,8 +199,10 @@ def build_rows(runs: list[Run], reference: Reference | None, tolerance: float = 
             matched.append((index, ReportRow(run, reference.values(row), reference.label(row), stats, tolerance)))
     rows = [row for _, row in sorted(matched, key=lambda item: item[0])] + unmatched
     if unmatched:
-        notes.append(f"no row of {reference.path.name} for: {', '.join(r.run.name for r in unmatched)} "
-                     f"(matching: {reference.how})")
+        notes.append(
+            f"no row of {reference.path.name} for: {', '.join(r.run.name for r in unmatched)} "
+            f"(matching: {reference.how})"
+        )
     if reference.kind == "seed":
         missing = [r["model"] for i, r in enumerate(reference.rows) if i not in used]
         if missing:
@@ -198,15 +232,17 @@ def runtime_cell(metrics: dict[str, Any], runtime: str) -> str:
     if value is None:
         return "failed" if metrics.get(f"{runtime}/error") else MISSING
     p90 = metrics.get(schema.latency_p90_key(runtime))
-    return (_significant(value) + (f" ({_significant(p90)})" if p90 is not None else "")
-            + ("*" if metrics.get(f"latency/{runtime}_contended") else ""))
+    return (
+        _significant(value)
+        + (f" ({_significant(p90)})" if p90 is not None else "")
+        + ("*" if metrics.get(f"latency/{runtime}_contended") else "")
+    )
 
 
 def render_runtime_table(rows: list[ReportRow]) -> list[str]:
     """Batch-1 latency in each runtime side by side, the best runtime's speed-up over eager, and int8's top-1 drop
     (where the run measured test accuracy in each runtime)."""
-    runtimes = [r for r in RUNTIME_ORDER
-                if any(row.run.metrics.get(schema.latency_key(r)) is not None for row in rows)]
+    runtimes = [r for r in RUNTIME_ORDER if any(row.run.metrics.get(schema.latency_key(r)) is not None for row in rows)]
     if not [r for r in runtimes if r != "eager"]:
         return []
     cells = []
@@ -216,18 +252,32 @@ def render_runtime_table(rows: list[ReportRow]) -> list[str]:
         measured = {r: v for r, v in measured.items() if v is not None}
         eager = measured.get("eager")
         best = min(measured, key=measured.get) if measured else None
-        speedup = (f"{best} x{eager / measured[best]:.1f}" if best and eager and best != "eager" else
-                   "eager" if best == "eager" else MISSING)
+        speedup = (
+            f"{best} x{eager / measured[best]:.1f}"
+            if best and eager and best != "eager"
+            else "eager"
+            if best == "eager"
+            else MISSING
+        )
         top1, int8 = metrics.get(schema.TEST_ACC), metrics.get(schema.accuracy_key("onnxruntime_int8"))
         if row.seeds and row.seeds.n_seeds > 1 and row.seeds.top1_int8_mean is not None:  # mean over the seeds
             top1, int8 = row.seeds.top1_mean / 100, row.seeds.top1_int8_mean / 100
         drop = MISSING if top1 is None or int8 is None else f"{100 * (float(top1) - float(int8)):+.2f}"
         cells.append([row.run.name] + [runtime_cell(metrics, r) for r in runtimes] + [speedup, drop])
-    columns = ([("model", True)] + [(f"{r} ms (p90)", False) for r in runtimes]
-               + [("fastest, vs eager", False), ("int8 top-1 drop (points)", False)])
+    columns = (
+        [("model", True)]
+        + [(f"{r} ms (p90)", False) for r in runtimes]
+        + [("fastest, vs eager", False), ("int8 top-1 drop (points)", False)]
+    )
     cpus = sorted({str(row.run.metrics.get("cpu/model")) for row in rows if row.run.metrics.get("cpu/model")})
-    return ["", "Latency per runtime (batch 1, median and p90; `*`: contended, the machine was busy"
-            + (f"; CPU: {', '.join(cpus)}" if cpus else "") + "):", "", *markdown_table(columns, cells)]
+    return [
+        "",
+        "Latency per runtime (batch 1, median and p90; `*`: contended, the machine was busy"
+        + (f"; CPU: {', '.join(cpus)}" if cpus else "")
+        + "):",
+        "",
+        *markdown_table(columns, cells),
+    ]
 
 
 def render_speed_table(rows: list[ReportRow]) -> list[str]:
@@ -235,10 +285,15 @@ def render_speed_table(rows: list[ReportRow]) -> list[str]:
     if not any(row.run.metrics.get(keys[0]) is not None for row in rows for _, keys, _ in SPEED_COLUMNS[:5]):
         return []
     columns = [("model", True)] + [(header, False) for header, _, _ in SPEED_COLUMNS]
-    cells = [[row.run.name] + [speed_cell(row.run.metrics, keys, kind) for _, keys, kind in SPEED_COLUMNS]
-             for row in rows]
-    return ["", "Speed on the measuring device (latency at batch 1; throughput and memory at `batch`):", "",
-            *markdown_table(columns, cells)]
+    cells = [
+        [row.run.name] + [speed_cell(row.run.metrics, keys, kind) for _, keys, kind in SPEED_COLUMNS] for row in rows
+    ]
+    return [
+        "",
+        "Speed on the measuring device (latency at batch 1; throughput and memory at `batch`):",
+        "",
+        *markdown_table(columns, cells),
+    ]
 
 
 SEED_COLUMNS = ["n_seeds", "top1_mean", "top1_std", "top1_ci95", "top1_int8_mean", "verdict"]
@@ -254,27 +309,46 @@ def render_seed_table(rows: list[ReportRow]) -> list[str]:
     for row in shown:
         values = row.seed_cells()
         published = (row.reference or {}).get("top1")
-        cells.append([row.run.name, ",".join(map(str, row.seeds.seeds))]
-                     + [MISSING if values[name] is None else f"{values[name]:g}" if isinstance(values[name], float)
-                        else str(values[name]) for name in SEED_COLUMNS]
-                     + [MISSING if published is None else f"{published:g}"])
-    return ["", f"Top-1 (%) over seeds (runs equal but for the seed; 95% interval: Student t; top1_int8_mean: the same "
-            f"weights in ONNX Runtime int8; verdict: |mean - published| <= max(ci95, {shown[0].tolerance:g}) is "
-            f"`reproduced`):", "", *markdown_table(columns, cells)]
+        cells.append(
+            [row.run.name, ",".join(map(str, row.seeds.seeds))]
+            + [
+                MISSING
+                if values[name] is None
+                else f"{values[name]:g}"
+                if isinstance(values[name], float)
+                else str(values[name])
+                for name in SEED_COLUMNS
+            ]
+            + [MISSING if published is None else f"{published:g}"]
+        )
+    return [
+        "",
+        f"Top-1 (%) over seeds (runs equal but for the seed; 95% interval: Student t; top1_int8_mean: the same "
+        f"weights in ONNX Runtime int8; verdict: |mean - published| <= max(ci95, {shown[0].tolerance:g}) is "
+        f"`reproduced`):",
+        "",
+        *markdown_table(columns, cells),
+    ]
 
 
 def render_markdown(report: Report, sources: list[str]) -> str:
     with_reference = report.reference is not None
     lines = ["# lnrepro report", ""]
     runs = sum(max(row.seeds.n_seeds, 1) if row.seeds else 1 for row in report.rows)
-    lines.append(f"{runs} run(s) from {', '.join(sources)}" + (f", {len(report.rows)} rows (seeds averaged)."
-                                                                if runs != len(report.rows) else "."))
+    lines.append(
+        f"{runs} run(s) from {', '.join(sources)}"
+        + (f", {len(report.rows)} rows (seeds averaged)." if runs != len(report.rows) else ".")
+    )
     if with_reference:
-        lines.append(f"Cells read `measured / published`; published figures from `{report.reference.path.name}`, "
-                     f"matched by {report.reference.how}.")
-    lines.append("FLOPs = 2 x multiply-adds. ms/image: batch-1 median latency. memory: peak memory of the run. "
-                 "top-1: test split (`†`: validation, the run has no test; `‡`: written before true top-1, a mean of "
-                 "per-class accuracies).")
+        lines.append(
+            f"Cells read `measured / published`; published figures from `{report.reference.path.name}`, "
+            f"matched by {report.reference.how}."
+        )
+    lines.append(
+        "FLOPs = 2 x multiply-adds. ms/image: batch-1 median latency. memory: peak memory of the run. "
+        "top-1: test split (`†`: validation, the run has no test; `‡`: written before true top-1, a mean of "
+        "per-class accuracies)."
+    )
     devices = sorted({str(r.run.metrics.get(schema.DEVICE)) for r in report.rows if r.run.metrics.get(schema.DEVICE)})
     if devices:
         lines.append(f"Measured on: {', '.join(devices)}.")
@@ -286,8 +360,11 @@ def render_markdown(report: Report, sources: list[str]) -> str:
             cell = format_value(name, row.run.values[name])
             if name == "top1" and row.run.top1_source == "val":
                 cell += "†"
-            if (name == "top1" and row.run.values["top1"] is not None
-                    and row.run.metrics.get(schema.SCHEMA, 0) < schema.TRUE_TOP1_SINCE):
+            if (
+                name == "top1"
+                and row.run.values["top1"] is not None
+                and row.run.metrics.get(schema.SCHEMA, 0) < schema.TRUE_TOP1_SINCE
+            ):
                 cell += "‡"
             if with_reference:
                 cell += " / " + (format_value(name, row.reference.get(name)) if row.reference else MISSING)
@@ -321,9 +398,12 @@ def write_csv(report: Report, path: Path) -> Path:
 
 
 def make_plots(report: Report) -> None:
-    labels = {"flops": "FLOPs (2 x multiply-adds)", "top1": "top-1 accuracy (%)",
-              "infer_ms_per_image": "eager PyTorch latency, batch 1 (ms/image)",
-              "deployed_ms_per_image": "ONNX Runtime latency, batch 1 (ms/image)"}
+    labels = {
+        "flops": "FLOPs (2 x multiply-adds)",
+        "top1": "top-1 accuracy (%)",
+        "infer_ms_per_image": "eager PyTorch latency, batch 1 (ms/image)",
+        "deployed_ms_per_image": "ONNX Runtime latency, batch 1 (ms/image)",
+    }
     for name, (x_key, y_key) in PLOTS.items():
         points = [(r.run.values[x_key], r.run.values[y_key], r.run.name) for r in report.rows]
         points = [p for p in points if p[0] is not None and p[1] is not None]
@@ -340,14 +420,24 @@ def make_plots(report: Report) -> None:
                     seen[r.reference_label] = (r.reference[x_key], r.reference[y_key])
             if seen:
                 published = ([v[0] for v in seen.values()], [v[1] for v in seen.values()], list(seen))
-        title = {"top1_vs_flops": "Top-1 vs FLOPs", "top1_vs_latency": "Top-1 vs measured latency (eager)",
-                 "top1_vs_deployed_latency": "Top-1 vs deployed latency (ONNX Runtime fp32)",
-                 "flops_vs_deployed_latency": "FLOPs vs deployed latency (ONNX Runtime fp32)",
-                 "flops_vs_latency": "FLOPs vs measured latency"}[name]
+        title = {
+            "top1_vs_flops": "Top-1 vs FLOPs",
+            "top1_vs_latency": "Top-1 vs measured latency (eager)",
+            "top1_vs_deployed_latency": "Top-1 vs deployed latency (ONNX Runtime fp32)",
+            "flops_vs_deployed_latency": "FLOPs vs deployed latency (ONNX Runtime fp32)",
+            "flops_vs_latency": "FLOPs vs measured latency",
+        }[name]
         report.files[name] = scatter_plot(
-            report.out_dir / f"{name}.png", [p[0] for p in points], [p[1] for p in points], [p[2] for p in points],
-            xlabel=labels[x_key], ylabel=labels[y_key], title=title, log_x=x_key == "flops",
-            pareto=name in ("top1_vs_latency", "top1_vs_deployed_latency"), published=published,
+            report.out_dir / f"{name}.png",
+            [p[0] for p in points],
+            [p[1] for p in points],
+            [p[2] for p in points],
+            xlabel=labels[x_key],
+            ylabel=labels[y_key],
+            title=title,
+            log_x=x_key == "flops",
+            pareto=name in ("top1_vs_latency", "top1_vs_deployed_latency"),
+            published=published,
         )
 
 
@@ -374,8 +464,10 @@ def make_report(
     rows, notes = build_rows(runs, ref, tolerance)
     report = Report(rows=rows, reference=ref, out_dir=out, notes=notes)
     if ref is not None and ref.conv_only and any(r.run.values["params"] is None for r in rows):
-        report.notes.append("params/FLOPs need `params_conv`/`flops_conv` in metrics.json (the seed table counts "
-                            "Conv2d layers only); runs without them show '-'")
+        report.notes.append(
+            "params/FLOPs need `params_conv`/`flops_conv` in metrics.json (the seed table counts "
+            "Conv2d layers only); runs without them show '-'"
+        )
     if plots:
         make_plots(report)
     report.files["csv"] = write_csv(report, out / "report.csv")
@@ -389,14 +481,21 @@ def log_to_wandb(report: Report, project: str = "lnrepro", group: str | None = N
     """One W&B run (job_type=report) holding the table and the plots as images; returns its directory."""
     import wandb
 
-    run = wandb.init(project=project, group=group, job_type="report", dir=str(report.out_dir),
-                     name=f"report-{report.out_dir.resolve().name}", reinit=True)
+    run = wandb.init(
+        project=project,
+        group=group,
+        job_type="report",
+        dir=str(report.out_dir),
+        name=f"report-{report.out_dir.resolve().name}",
+        reinit=True,
+    )
     try:
         with open(report.files["csv"], newline="") as file:
             records = list(csv.reader(file))
         run.log({"report/table": wandb.Table(columns=records[0], data=records[1:])})
-        images = {f"report/{name}": wandb.Image(str(path)) for name, path in report.files.items()
-                  if path.suffix == ".png"}
+        images = {
+            f"report/{name}": wandb.Image(str(path)) for name, path in report.files.items() if path.suffix == ".png"
+        }
         if images:
             run.log(images)
         run.summary["report/runs"] = len(report.rows)

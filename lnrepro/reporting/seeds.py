@@ -62,8 +62,10 @@ def merge(group: list[Run]) -> tuple[Run, SeedStats]:
     top1 = [run.values["top1"] for run in group if run.values.get("top1") is not None]
     int8_key = schema.accuracy_key("onnxruntime_int8")
     int8 = [100.0 * float(run.metrics[int8_key]) for run in group if run.metrics.get(int8_key) is not None]
-    stats = replace(seed_stats(top1, tuple(run.metrics.get(schema.SEED) for run in group)),
-                    top1_int8_mean=statistics.fmean(int8) if int8 else None)
+    stats = replace(
+        seed_stats(top1, tuple(run.metrics.get(schema.SEED) for run in group)),
+        top1_int8_mean=statistics.fmean(int8) if int8 else None,
+    )
     if len(group) == 1:
         return group[0], stats
     values = {}

@@ -111,8 +111,9 @@ def out_of_memory_error(error: BaseException, cfg: DictConfig) -> ResourceExhaus
     """An allocation that could not be served (CUDA or CPU) behind `error`, as one line naming the batch size."""
     for cause in _chain(error):
         message = str(cause)
-        if isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError)
-                                              and any(text in message for text in OUT_OF_MEMORY)):
+        if isinstance(cause, MemoryError) or (
+            isinstance(cause, RuntimeError) and any(text in message for text in OUT_OF_MEMORY)
+        ):
             break
     else:
         return None
@@ -121,8 +122,10 @@ def out_of_memory_error(error: BaseException, cfg: DictConfig) -> ResourceExhaus
     batch_size = _config_value(cfg, "data.batch_size")
     if not isinstance(batch_size, int) or batch_size < 2:
         return ResourceExhaustedError(f"out of memory{detail}: try a smaller model or input{_resume_hint(cfg)}")
-    return ResourceExhaustedError(f"out of memory at data.batch_size={batch_size}{detail}: try a smaller one, "
-                                  f"e.g. data.batch_size={batch_size // 2}{_resume_hint(cfg)}")
+    return ResourceExhaustedError(
+        f"out of memory at data.batch_size={batch_size}{detail}: try a smaller one, "
+        f"e.g. data.batch_size={batch_size // 2}{_resume_hint(cfg)}"
+    )
 
 
 def as_user_facing(error: BaseException, cfg: DictConfig) -> BaseException | None:

@@ -35,16 +35,19 @@ def command_line_overrides(cfg: DictConfig) -> dict[str, Any]:
 
 
 def print_metrics(metrics: dict[str, Any], title: str) -> None:
-    print_table(title, [("metric", True), ("value", False)],
-                [[key, f"{value:.4f}" if isinstance(value, float) else str(value)]
-                 for key, value in sorted(metrics.items())])
+    print_table(
+        title,
+        [("metric", True), ("value", False)],
+        [[key, f"{value:.4f}" if isinstance(value, float) else str(value)] for key, value in sorted(metrics.items())],
+    )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     settings = ProfileSettings.from_config(cfg.get("profile"))
     settings.check_runtimes()
-    net, run_cfg = load_run(cfg.ckpt_path, overrides=command_line_overrides(cfg),
-                            trusted=bool(cfg.get("trust_checkpoint")))
+    net, run_cfg = load_run(
+        cfg.ckpt_path, overrides=command_line_overrides(cfg), trusted=bool(cfg.get("trust_checkpoint"))
+    )
     module = ClassificationModule(net=net, optimizer=None, scheduler=None, num_classes=run_cfg.data.num_classes)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)

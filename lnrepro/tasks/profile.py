@@ -55,23 +55,49 @@ def format_row(metrics: dict[str, Any], columns: list[tuple], runtime: str | Non
     return cells
 
 
-def print_rows(rows: list[dict[str, Any]], runtimes: list[str],
-               title: str = "efficiency (MACs = multiply-adds, FLOPs = 2 x MACs)") -> None:
+def print_rows(
+    rows: list[dict[str, Any]], runtimes: list[str], title: str = "efficiency (MACs = multiply-adds, FLOPs = 2 x MACs)"
+) -> None:
     """The counts and memory of each network, then its latency and throughput in each runtime."""
     context = ", ".join(f"{key} {rows[0].get(key)}" for key in CONTEXT) if rows else ""
-    print_table(title, [(title_, fmt == "{}") for title_, _, fmt, *_ in COLUMNS], [format_row(m, COLUMNS) for m in rows])
-    speed = [[row.get(schema.MODEL), runtime] + format_row(row, RUNTIME_COLUMNS, runtime) for row in rows
-             for runtime in runtimes]
+    print_table(
+        title, [(title_, fmt == "{}") for title_, _, fmt, *_ in COLUMNS], [format_row(m, COLUMNS) for m in rows]
+    )
+    speed = [
+        [row.get(schema.MODEL), runtime] + format_row(row, RUNTIME_COLUMNS, runtime)
+        for row in rows
+        for runtime in runtimes
+    ]
     cpu = rows[0].get("cpu/model") if rows else None
-    print_table("speed per runtime", [("model", True), ("runtime", True)] + [(t, False) for t, *_ in RUNTIME_COLUMNS],
-                speed, caption=f"latency at batch 1, throughput at batch_size; {context}" + (f"; {cpu}" if cpu else ""))
+    print_table(
+        "speed per runtime",
+        [("model", True), ("runtime", True)] + [(t, False) for t, *_ in RUNTIME_COLUMNS],
+        speed,
+        caption=f"latency at batch 1, throughput at batch_size; {context}" + (f"; {cpu}" if cpu else ""),
+    )
 
 
 def print_layers(macs: MacCount) -> None:
-    columns = [("layer", True), ("type", True), ("output", True), ("params", False), ("MACs", False),
-               ("MAC bytes", False)]
-    rows = [[layer.name, layer.type, shape_text(layer.output_shape), f"{layer.params:,}", f"{layer.macs:,}",
-             f"{layer.mac_bytes:,}"] for layer in macs.layers if layer.macs or layer.params or layer.mac_bytes]
+    columns = [
+        ("layer", True),
+        ("type", True),
+        ("output", True),
+        ("params", False),
+        ("MACs", False),
+        ("MAC bytes", False),
+    ]
+    rows = [
+        [
+            layer.name,
+            layer.type,
+            shape_text(layer.output_shape),
+            f"{layer.params:,}",
+            f"{layer.macs:,}",
+            f"{layer.mac_bytes:,}",
+        ]
+        for layer in macs.layers
+        if layer.macs or layer.params or layer.mac_bytes
+    ]
     print_table("per layer, one image (MACs = multiply-adds)", columns, rows)
 
 
@@ -91,23 +117,35 @@ def published_macs(metrics: dict[str, Any]) -> float | None:
     return None
 
 
-def print_conventions(net: torch.nn.Module, input_size: tuple[int, int, int], metrics: dict[str, Any]
-                      ) -> dict[str, Any]:
+def print_conventions(
+    net: torch.nn.Module, input_size: tuple[int, int, int], metrics: dict[str, Any]
+) -> dict[str, Any]:
     """The multiply-adds of each counting convention beside the published figure; returns their metrics keys."""
     from lnrepro.profiling.conventions import convention_rows, count_conventions, matching_convention
 
     counts = count_conventions(net, input_size)
     published = published_macs(metrics)
     rows = convention_rows(counts, published)
-    print_table("multiply-adds by counting convention (one image; FLOPs = 2 x multiply-adds)",
-                [("convention", True), ("MACs (M)", False), ("FLOPs (M)", False), ("vs published", False),
-                 ("matches", True)],
-                [[row["convention"], f"{row['macs'] / 1e6:.1f}", f"{row['flops'] / 1e6:.1f}",
-                  "-" if row["vs_published"] is None else f"{row['vs_published']:.3f}",
-                  "yes" if row["matches"] else ""] for row in rows],
-                caption=f"published: {published / 1e6:.1f}M multiply-adds" if published else "no published figure")
-    return {**{f"macs/{name}": value for name, value in counts.items()},
-            "macs/published": published, "macs/matching_convention": matching_convention(counts, published)}
+    print_table(
+        "multiply-adds by counting convention (one image; FLOPs = 2 x multiply-adds)",
+        [("convention", True), ("MACs (M)", False), ("FLOPs (M)", False), ("vs published", False), ("matches", True)],
+        [
+            [
+                row["convention"],
+                f"{row['macs'] / 1e6:.1f}",
+                f"{row['flops'] / 1e6:.1f}",
+                "-" if row["vs_published"] is None else f"{row['vs_published']:.3f}",
+                "yes" if row["matches"] else "",
+            ]
+            for row in rows
+        ],
+        caption=f"published: {published / 1e6:.1f}M multiply-adds" if published else "no published figure",
+    )
+    return {
+        **{f"macs/{name}": value for name, value in counts.items()},
+        "macs/published": published,
+        "macs/matching_convention": matching_convention(counts, published),
+    }
 
 
 def profile(cfg: DictConfig) -> dict[str, Any]:

@@ -20,8 +20,13 @@ from lnrepro.tasks.common import hydra_multirun_name, log
 from lnrepro.training import ClassificationModule
 from lnrepro.training import distributed
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
-from lnrepro.utils.instantiate import (close_loggers, instantiate, instantiate_callbacks, instantiate_loggers,
-                                       logger_callbacks)
+from lnrepro.utils.instantiate import (
+    close_loggers,
+    instantiate,
+    instantiate_callbacks,
+    instantiate_loggers,
+    logger_callbacks,
+)
 from lnrepro.utils.rich_config import print_config_tree
 
 
@@ -50,13 +55,18 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: ClassificationModule,
-                 datamodule: pl.LightningDataModule) -> dict[str, Any]:
+def fit_and_test(
+    cfg: DictConfig, trainer: pl.Trainer, module: ClassificationModule, datamodule: pl.LightningDataModule
+) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if cfg.get("train", True):
         log.info("training %s", cfg.model.name)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"),
-                    weights_only=not cfg.get("trust_checkpoint", False))
+        trainer.fit(
+            module,
+            datamodule=datamodule,
+            ckpt_path=cfg.get("ckpt_path"),
+            weights_only=not cfg.get("trust_checkpoint", False),
+        )
         metrics.update(trainer.callback_metrics)
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -71,9 +81,14 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, module: ClassificationMod
         if isinstance(getattr(callback, "metrics", None), dict):
             metrics.update(callback.metrics)
     metrics.update(run_facts(cfg))
-    metrics.update({schema.TASK: "train", schema.EPOCHS: trainer.current_epoch,
-                    schema.GLOBAL_STEP: trainer.global_step,
-                    schema.CONFIG_DIGEST: schema.config_digest(OmegaConf.to_container(cfg, resolve=False))})
+    metrics.update(
+        {
+            schema.TASK: "train",
+            schema.EPOCHS: trainer.current_epoch,
+            schema.GLOBAL_STEP: trainer.global_step,
+            schema.CONFIG_DIGEST: schema.config_digest(OmegaConf.to_container(cfg, resolve=False)),
+        }
+    )
     return metrics
 
 
@@ -90,8 +105,10 @@ def check_calibration(settings: ProfileSettings, datamodule: pl.LightningDataMod
     if settings.end_of_fit and "onnxruntime_int8" in settings.runtimes and hasattr(datamodule, "train_set"):
         available = len(calibration_source(datamodule))
         if settings.calibration_images > available:
-            raise UserInputError(f"profile.calibration_images={settings.calibration_images} is more than the "
-                                 f"{available} training images: use at most {available}")
+            raise UserInputError(
+                f"profile.calibration_images={settings.calibration_images} is more than the "
+                f"{available} training images: use at most {available}"
+            )
 
 
 def check_precision(cfg: DictConfig) -> None:
@@ -104,9 +121,11 @@ def check_precision(cfg: DictConfig) -> None:
 
         cpu = cpu_features()
         if not cpu.get("bf16"):
-            raise UserInputError(f"trainer.precision={precision} on this CPU ({cpu.get('model')}) has no bf16 units "
-                                 f"and runs 10-30x slower than fp32: use trainer.precision=32-true, or "
-                                 f"force_precision=true to run it anyway")
+            raise UserInputError(
+                f"trainer.precision={precision} on this CPU ({cpu.get('model')}) has no bf16 units "
+                f"and runs 10-30x slower than fp32: use trainer.precision=32-true, or "
+                f"force_precision=true to run it anyway"
+            )
 
 
 def data_batches(datamodule: pl.LightningDataModule, loader, device: torch.device) -> Iterator[tuple]:
@@ -122,17 +141,23 @@ def calibration_images(datamodule: pl.LightningDataModule, count: int, device: t
     images with the evaluation transform; in-memory ones augment on the device only while training."""
     images = calibration_source(datamodule)
     if count > len(images):
-        raise UserInputError(f"profile.calibration_images={count} is more than the {len(images)} training images: "
-                             f"use at most {len(images)}")
+        raise UserInputError(
+            f"profile.calibration_images={count} is more than the {len(images)} training images: "
+            f"use at most {len(images)}"
+        )
     # A random sample, not the first images: folder datasets are sorted by class.
     chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count].sort().values
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, chosen.tolist()), batch_size=min(count, 256),
-                                         collate_fn=getattr(datamodule, "collate_fn", None))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(images, chosen.tolist()),
+        batch_size=min(count, 256),
+        collate_fn=getattr(datamodule, "collate_fn", None),
+    )
     return torch.cat([batch_images for batch_images, _ in data_batches(datamodule, loader, device)])
 
 
-def runtime_figures(settings: ProfileSettings, net: torch.nn.Module, image_size: int,
-                    datamodule: pl.LightningDataModule, tested: bool) -> dict[str, Any]:
+def runtime_figures(
+    settings: ProfileSettings, net: torch.nn.Module, image_size: int, datamodule: pl.LightningDataModule, tested: bool
+) -> dict[str, Any]:
     """Latency and throughput of the trained network in each of `profile.runtimes`, calibrated on the run's
     training images, and with `tested`, `test/acc_<runtime>` on the test split (the deployed accuracy beside
     `test/acc`). A runtime that fails leaves `<runtime>/error`: the fit's results are kept whatever happens."""
@@ -149,10 +174,17 @@ def runtime_figures(settings: ProfileSettings, net: torch.nn.Module, image_size:
             figures["onnxruntime_int8/error"] = str(error)
             runtimes.remove("onnxruntime_int8")
     test_batches = (lambda: data_batches(datamodule, datamodule.test_dataloader(), device)) if tested else None
-    figures.update(measured_metrics(net, (3, image_size, image_size),
-                                    dataclasses.replace(settings, runtimes=runtimes, train=False, memory=False),
-                                    training_speed=False, calibration=calibration, test_batches=test_batches,
-                                    keep_going=True))
+    figures.update(
+        measured_metrics(
+            net,
+            (3, image_size, image_size),
+            dataclasses.replace(settings, runtimes=runtimes, train=False, memory=False),
+            training_speed=False,
+            calibration=calibration,
+            test_batches=test_batches,
+            keep_going=True,
+        )
+    )
     return figures
 
 
@@ -172,8 +204,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         settings.check_runtimes()
     check_precision(cfg)
     module = build_module(cfg)
-    checkpoint = (load_checkpoint(cfg.ckpt_path, trusted=bool(cfg.get("trust_checkpoint")))
-                  if cfg.get("ckpt_path") else None)
+    checkpoint = (
+        load_checkpoint(cfg.ckpt_path, trusted=bool(cfg.get("trust_checkpoint"))) if cfg.get("ckpt_path") else None
+    )
     if checkpoint is not None:
         check_matches(checkpoint, module, cfg.ckpt_path)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
@@ -195,8 +228,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             write_metrics(output_dir, metrics)  # the fit's results are safe before anything else is measured
             start = time.perf_counter()
-            figures = runtime_figures(settings, module.net, int(cfg.data.image_size), datamodule,
-                                      tested=bool(cfg.get("test", True)))
+            figures = runtime_figures(
+                settings, module.net, int(cfg.data.image_size), datamodule, tested=bool(cfg.get("test", True))
+            )
             if figures:
                 figures[schema.END_OF_FIT_PROFILE_S] = time.perf_counter() - start
                 publish(trainer, figures, save=True)

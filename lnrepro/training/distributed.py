@@ -96,8 +96,12 @@ def set_up_processes(trainer, datamodule, in_multirun: bool) -> dict[str, Any]:
     datamodule.batch_size = per_process_batch(global_batch, world_size)
     if world_size > 1 and is_rank_zero():
         log.info("global batch %d = %d processes x %d", global_batch, world_size, datamodule.batch_size)
-    return {schema.WORLD_SIZE: world_size, schema.BATCH_SIZE_GLOBAL: global_batch,
-            schema.BATCH_SIZE_PER_PROCESS: datamodule.batch_size, **slurm_facts()}
+    return {
+        schema.WORLD_SIZE: world_size,
+        schema.BATCH_SIZE_GLOBAL: global_batch,
+        schema.BATCH_SIZE_PER_PROCESS: datamodule.batch_size,
+        **slurm_facts(),
+    }
 
 
 def resume_from_own_checkpoint(cfg: DictConfig) -> str | None:
@@ -116,8 +120,13 @@ def resume_from_own_checkpoint(cfg: DictConfig) -> str | None:
         return given
     restarts = os.environ.get("SLURM_RESTART_COUNT")
     why = f"SLURM restart {restarts}" if restarts else "a requeued or restarted job"
-    log.info("resuming from %s%s: the run directory already holds a checkpoint (%s)%s", last, _position(last), why,
-             f"; ckpt_path={given} was where the run began" if given else "")
+    log.info(
+        "resuming from %s%s: the run directory already holds a checkpoint (%s)%s",
+        last,
+        _position(last),
+        why,
+        f"; ckpt_path={given} was where the run began" if given else "",
+    )
     if is_rank_zero():
         keep_csv_history(Path(cfg.paths.output_dir))
     with open_dict(cfg):
@@ -126,7 +135,7 @@ def resume_from_own_checkpoint(cfg: DictConfig) -> str | None:
 
 
 def _position(checkpoint: Path) -> str:
-    """" (epoch E, step S)" of a Lightning checkpoint, read without loading its tensors; "" when unreadable."""
+    """ " (epoch E, step S)" of a Lightning checkpoint, read without loading its tensors; "" when unreadable."""
     try:
         import torch
 

@@ -57,13 +57,15 @@ def linear(optimizer: Optimizer, *, steps_per_epoch: int, max_epochs: int, end_f
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
 
-def step(optimizer: Optimizer, *, steps_per_epoch: int, max_epochs: int, step_size: int = 30,
-         gamma: float = 0.1) -> dict:
+def step(
+    optimizer: Optimizer, *, steps_per_epoch: int, max_epochs: int, step_size: int = 30, gamma: float = 0.1
+) -> dict:
     return _per_epoch(StepLR(optimizer, step_size=step_size, gamma=gamma))
 
 
-def multistep(optimizer: Optimizer, *, steps_per_epoch: int, max_epochs: int, milestones=(100, 150),
-              gamma: float = 0.1) -> dict:
+def multistep(
+    optimizer: Optimizer, *, steps_per_epoch: int, max_epochs: int, milestones=(100, 150), gamma: float = 0.1
+) -> dict:
     return _per_epoch(MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma))
 
 

@@ -15,7 +15,8 @@ from lnrepro.errors import UserInputError
 def _unreadable(path: Path, error: Exception) -> UserInputError:
     return UserInputError(
         f"checkpoint {path} cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-        f"it is corrupt or truncated: use another one, e.g. the run's checkpoints/last.ckpt")
+        f"it is corrupt or truncated: use another one, e.g. the run's checkpoints/last.ckpt"
+    )
 
 
 def load_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
@@ -37,7 +38,9 @@ def load_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
     except Exception as error:
         raise _unreadable(path, error) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserInputError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py")
+        raise UserInputError(
+            f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by train.py"
+        )
     return checkpoint
 
 

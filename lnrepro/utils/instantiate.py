@@ -49,8 +49,9 @@ def instantiate_callbacks(group: DictConfig | None) -> list[Callback]:
     return callbacks
 
 
-def instantiate_loggers(group: DictConfig | None, multirun_group: str | None = None,
-                        checkpoint: dict | None = None) -> list[Logger]:
+def instantiate_loggers(
+    group: DictConfig | None, multirun_group: str | None = None, checkpoint: dict | None = None
+) -> list[Logger]:
     """`multirun_group` (the sweep directory's name) becomes the W&B group when the config leaves it empty,
     so one multirun = one W&B group. `checkpoint` (the one `ckpt_path=` resumes from, already loaded) names the
     W&B run to continue, unless the config names one (`id`/`version`)."""

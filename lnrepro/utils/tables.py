@@ -18,8 +18,9 @@ def wide_console() -> rich.console.Console:
     return console if console.width >= 160 else rich.console.Console(width=160)
 
 
-def print_table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]], caption: str | None = None
-                ) -> None:
+def print_table(
+    title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]], caption: str | None = None
+) -> None:
     table = rich.table.Table(title=title, caption=caption)
     for header, left in columns:
         table.add_column(header, justify="left" if left else "right", no_wrap=True)
@@ -30,6 +31,7 @@ def print_table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[s
 
 def markdown_table(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> list[str]:
     """The lines of a GitHub Markdown table."""
-    return (["| " + " | ".join(header for header, _ in columns) + " |",
-             "| " + " | ".join("---" if left else "---:" for _, left in columns) + " |"]
-            + ["| " + " | ".join(row) + " |" for row in rows])
+    return [
+        "| " + " | ".join(header for header, _ in columns) + " |",
+        "| " + " | ".join("---" if left else "---:" for _, left in columns) + " |",
+    ] + ["| " + " | ".join(row) + " |" for row in rows]
