@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lnrepro.models import build_model  # noqa: E402
-from lnrepro.profiling.context import percentile  # noqa: E402
-from lnrepro.profiling.runtimes import RUNTIMES, contended, cpu_features, cpu_pressure, prepare  # noqa: E402
-from lnrepro.profiling.timing import time_calls  # noqa: E402
+from lnrepro.models import build_model
+from lnrepro.profiling.context import percentile
+from lnrepro.profiling.runtimes import RUNTIMES, contended, cpu_features, cpu_pressure, prepare
+from lnrepro.profiling.timing import time_calls
 
 
 def _spin() -> None:

@@ -220,9 +220,8 @@ def main() -> None:
             f"{label:<{width}}  {load_s:>7.2f}  {statistics.median(rates):>17,.0f}  "
             + ", ".join(f"{r:,.0f}" for r in rates)
         )
-    print(
-        f"{'ratio lnrepro / torchvision':<{width}}  {'':>7}  {statistics.median(ours) / statistics.median(theirs):>16.1f}x"
-    )
+    ratio = statistics.median(ours) / statistics.median(theirs)
+    print(f"{'ratio lnrepro / torchvision':<{width}}  {'':>7}  {ratio:>16.1f}x")
 
 
 if __name__ == "__main__":

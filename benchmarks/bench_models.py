@@ -20,16 +20,16 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lnrepro.models import build_model  # noqa: E402
-from lnrepro.profiling import synchronize  # noqa: E402
+from lnrepro.models import build_model
+from lnrepro.profiling import synchronize
 
 
 def _torchvision(name: str, **kwargs) -> Callable[[int], nn.Module]:
@@ -51,7 +51,7 @@ def _timm(name: str) -> Callable[[int], nn.Module]:
 
 
 # label, our model name and kwargs, twin constructor (None: no twin)
-PAIRS: list[tuple[str, str, dict, Optional[Callable[[int], nn.Module]]]] = [
+PAIRS: list[tuple[str, str, dict, Callable[[int], nn.Module] | None]] = [
     ("mobilenet_v1 (relu6) | timm mobilenetv1_100", "mobilenet_v1", dict(activation="relu6"), _timm("mobilenetv1_100")),
     ("mobilenet_v2 | tv mobilenet_v2", "mobilenet_v2", {}, _torchvision("mobilenet_v2")),
     ("mobilenet_v3_large | tv mobilenet_v3_large", "mobilenet_v3_large", {}, _torchvision("mobilenet_v3_large")),
@@ -86,7 +86,7 @@ def time_models(models: list[nn.Module], images, labels, device, warmup: int, it
     return [statistics.median(s) for s in samples]
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)

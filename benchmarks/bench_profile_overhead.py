@@ -36,10 +36,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lnrepro.callbacks import EfficiencyProfile  # noqa: E402
-from lnrepro.models import build_model  # noqa: E402
-from lnrepro.profiling import synchronize  # noqa: E402
-from lnrepro.training import ClassificationModule  # noqa: E402
+from lnrepro.callbacks import EfficiencyProfile
+from lnrepro.models import build_model
+from lnrepro.profiling import synchronize
+from lnrepro.training import ClassificationModule
 
 
 class StepTimer(pl.Callback):

@@ -56,7 +56,7 @@ def _forget_unreachable_server() -> None:
         for proxy in gc.get_objects():
             if type(proxy) is OpenTelemetryProxy and getattr(proxy, "_server_supports_proxy", False) is None:
                 proxy._server_supports_proxy = False
-    except Exception:  # noqa: BLE001 - analytics only; never worth failing the run for
+    except Exception:  # analytics only; never worth failing the run for
         pass
 
 

@@ -10,8 +10,9 @@ with one line (`UserInputError`), before anything is built.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from torch import nn
 

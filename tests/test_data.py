@@ -27,7 +27,6 @@ from lnrepro.data.loading import EpochShuffleSampler
 from lnrepro.errors import UserInputError
 from tests.conftest import SHARED_CIFAR10
 
-
 PER_FILE = 40  # images per batch file written by the `fake_cifar10` fixture: 200 train, 40 test
 
 
@@ -458,7 +457,7 @@ def image_tree(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     root = tmp_path / "imagenet"
     for split, count in (("train", 6), ("val", 2)):
-        for label, name in enumerate(CLASSES):
+        for name in CLASSES:
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(count):

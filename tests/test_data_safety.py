@@ -302,7 +302,7 @@ def test_skip_unreadable_leaves_them_out_with_one_warning(small_tree, caplog):
         assert not paths & {str(path) for path in bad}
         assert view.targets == [target for _, target in view.samples] and view.imgs == view.samples
     for loader in (datamodule.train_dataloader(), datamodule.val_dataloader(), datamodule.test_dataloader()):
-        for images, labels in loader:
+        for images, _labels in loader:
             assert images.shape[1:] == (3, 16, 16) and torch.isfinite(images).all()
 
 

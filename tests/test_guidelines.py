@@ -1,6 +1,6 @@
-"""ShuffleNet V2's guideline benchmarks (lnrepro/experiments/shufflenetv2_guidelines.py): each table holds FLOPs equal across its
-rows (the paper's design), memory access cost ordered as the guideline predicts, timings are positive, and the
-`shufflenetv2_guidelines` preset runs through lnrepro-profile's task at a tiny size."""
+"""ShuffleNet V2's guideline benchmarks (lnrepro/experiments/shufflenetv2_guidelines.py): each table holds FLOPs
+equal across its rows (the paper's design), memory access cost ordered as the guideline predicts, timings are
+positive, and the `shufflenetv2_guidelines` preset runs through lnrepro-profile's task at a tiny size."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from lnrepro.experiments.shufflenetv2_guidelines import (
 )
 from lnrepro.profiling import count_macs, memory_access_cost
 from lnrepro.tasks.profile import profile
-
 from tests.conftest import compose_config
 
 SIZE = 16  # small input for speed; FLOPs ratios do not depend on it, MAC orderings hold down to it

@@ -21,9 +21,8 @@ def record_call(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory) -> Path:
-    from tests.conftest import FAST, NO_PROGRESS_BAR, SYNTHETIC, compose_config
-
     from lnrepro.tasks import train
+    from tests.conftest import FAST, NO_PROGRESS_BAR, SYNTHETIC, compose_config
 
     out = tmp_path_factory.mktemp("run")
     train(

@@ -1,7 +1,8 @@
 """The model zoo against published figures and against its torchvision/timm twins.
 
-- every row of lnrepro/reference/imagenet_published.csv: parameters (exact where the row's figure comes from torchvision,
-  timm or the official code, else within 1%) and multiply-adds within 2% at the row's resolution, 1000 classes;
+- every row of lnrepro/reference/imagenet_published.csv: parameters (exact where the row's figure comes from
+  torchvision, timm or the official code, else within 1%) and multiply-adds within 2% at the row's resolution,
+  1000 classes;
 - every row of lnrepro/reference/cifar10_seed_table.csv (seed 003's CIFAR-10 table): Conv2d parameters within 1% and
   conv FLOPs (2 x multiply-adds) within 2% at 32x32, 10 classes;
 - the MobileNet V2 / ShuffleNet V2 rows of lnrepro/reference/cifar10_published.csv (stem cifar): params within 1%,

@@ -24,7 +24,6 @@ from lnrepro.profiling import (
     training_peak_memory,
     training_throughput,
 )
-
 from tests.conftest import compose_config
 
 SIZE = (16, 16, 16)  # C x H x W of the small blocks' input

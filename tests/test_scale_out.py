@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tomllib
 
 import lightning
 import lightning.pytorch as pl
 import pytest
+import tomllib
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra

@@ -24,15 +24,17 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.errors import CompactHydraException
+from omegaconf import OmegaConf
+
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def log_files(job) -> List[Path]:
+def log_files(job) -> list[Path]:
     """The job's log files: stderr then stdout of each task (task 0's first)."""
     from submitit.core.utils import JobPaths
 
@@ -152,11 +154,11 @@ class _Sweep:
 
     def __call__(
         self,
-        sweep_overrides: List[str],
+        sweep_overrides: list[str],
         job_dir_key: str,
         job_num: int,
         job_id: str,
-        singleton_state: Dict[type, Singleton],
+        singleton_state: dict[type, Singleton],
     ) -> JobReturn:
         # Runs in every task of the job, before the run's config is composed (and before lightning is imported).
         import submitit
@@ -192,7 +194,7 @@ class _Sweep:
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
 
-        job_params: List[Any] = []
+        job_params: list[Any] = []
         for idx, overrides in enumerate(job_overrides):
             idx = initial_job_idx + idx
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
@@ -206,9 +208,9 @@ class _Sweep:
             log.info(f"\t#{idx} : job {job.job_id}, log {job.paths.stdout.parent}")
         return self._wait(jobs, job_overrides, initial_job_idx, sweep_dir)
 
-    def _wait(self, jobs, job_overrides: Sequence[Sequence[str]], first: int, sweep_dir: Path) -> List[JobReturn]:
-        returns: List[Optional[JobReturn]] = [None] * len(jobs)
-        failures: List[str] = []
+    def _wait(self, jobs, job_overrides: Sequence[Sequence[str]], first: int, sweep_dir: Path) -> list[JobReturn]:
+        returns: list[JobReturn | None] = [None] * len(jobs)
+        failures: list[str] = []
         shared = set.intersection(*(set(o) for o in job_overrides)) if len(job_overrides) > 1 else set()
         while any(r is None for r in returns):
             for i, job in enumerate(jobs):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -69,7 +70,7 @@ class _SkipFirst:
     """The loader's batch sampler with the first `loader.skip` batches of the next pass left out, as index lists
     (nothing is loaded for them). Read at each pass, so persistent workers see it too."""
 
-    def __init__(self, batches, loader: "ResumableDataLoader"):
+    def __init__(self, batches, loader: ResumableDataLoader):
         self.batches = batches
         self.loader = loader
 

@@ -28,9 +28,10 @@ import csv
 import io
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -406,7 +407,7 @@ def run_guidelines(
         if progress:
             progress(guideline, done, total)
 
-        def timed() -> None:
+        def timed(guideline: str = guideline) -> None:
             nonlocal done
             done += 1
             progress(guideline, done, total)

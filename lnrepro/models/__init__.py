@@ -7,7 +7,7 @@ arguments and `layers` for the shared building blocks.
 from lnrepro.models.registry import build_model, list_models, load_pretrained, register_model
 
 # Importing the family modules registers them.
-from lnrepro.models import (  # noqa: E402,F401  isort: skip
+from lnrepro.models import (  # noqa: F401  isort: skip
     ghostnet,
     mobilenet_v1,
     mobilenet_v2,

@@ -18,8 +18,6 @@ fed 32x32 images; the CIFAR stem gives a different, larger (in multiply-adds) ne
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -143,6 +141,6 @@ class GhostNet(nn.Module):
 
 
 @register_model("ghostnet", default_conv="ghost")
-def ghostnet(*, width: float, num_classes: int, stem: str, conv: str, dropout: Optional[float]) -> GhostNet:
+def ghostnet(*, width: float, num_classes: int, stem: str, conv: str, dropout: float | None) -> GhostNet:
     # Dropout 0.2 before the classifier: the official code.
     return GhostNet(width, num_classes, stem, conv, resolve_dropout(dropout, 0.2))

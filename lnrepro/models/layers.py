@@ -11,7 +11,7 @@ names (``0.weight``, ``1.running_mean``, ...) are the ones in torchvision's and 
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -21,13 +21,13 @@ from lnrepro.errors import UserInputError
 #: The values `model.conv` accepts, in the order they are listed to users.
 CONV_KINDS = ("standard", "dwpw", "ghost")
 
-ActLayer = Optional[Callable[..., nn.Module]]
+ActLayer = Callable[..., nn.Module] | None
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Width rounding
 # --------------------------------------------------------------------------------------------------------------
-def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
     """Round `value` to the nearest multiple of `divisor`, never going below `round_limit` x `value`.
 
     This is the rule of the TF-slim MobileNet code, used unchanged by torchvision (`_make_divisible`) and timm
@@ -291,7 +291,7 @@ def init_megvii_weights(module: nn.Module, stem: nn.Module) -> None:
 STEMS = ("imagenet", "cifar")
 
 
-def resolve_dropout(dropout: Optional[float], default: float) -> float:
+def resolve_dropout(dropout: float | None, default: float) -> float:
     """`dropout=None` means the paper's value for the family."""
     return default if dropout is None else float(dropout)
 

@@ -13,8 +13,6 @@ MobileNet V2 CIFAR rule (total stride 8: a 32x32 image ends as a 4x4 feature map
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -77,7 +75,7 @@ class MobileNetV1(nn.Module):
 
 @register_model("mobilenet_v1")
 def mobilenet_v1(
-    *, width: float, num_classes: int, stem: str, dropout: Optional[float], activation: str = "relu"
+    *, width: float, num_classes: int, stem: str, dropout: float | None, activation: str = "relu"
 ) -> MobileNetV1:
     """`activation`: "relu" (paper) or "relu6" (TF-slim / timm `mobilenetv1_100`).
 

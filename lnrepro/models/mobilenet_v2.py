@@ -12,8 +12,6 @@ total stride drops from 32 to 8: a 32x32 image ends as a 4x4 feature map.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -91,6 +89,6 @@ class MobileNetV2(nn.Module):
 
 
 @register_model("mobilenet_v2")
-def mobilenet_v2(*, width: float, num_classes: int, stem: str, dropout: Optional[float]) -> MobileNetV2:
+def mobilenet_v2(*, width: float, num_classes: int, stem: str, dropout: float | None) -> MobileNetV2:
     # Dropout 0.2 before the classifier: TF-slim's MobileNet V2 (keep_prob 0.8), also torchvision's.
     return MobileNetV2(width, num_classes, stem, resolve_dropout(dropout, 0.2))

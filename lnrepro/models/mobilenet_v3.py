@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -161,16 +161,16 @@ class MobileNetV3(nn.Module):
             bn.eps, bn.momentum = eps, momentum
 
 
-def _build(variant: str, width: float, num_classes: int, stem: str, dropout: Optional[float]) -> MobileNetV3:
+def _build(variant: str, width: float, num_classes: int, stem: str, dropout: float | None) -> MobileNetV3:
     # Dropout 0.2 before the classifier (torchvision; the paper's TF code uses the same keep_prob 0.8).
     return MobileNetV3(variant, width, num_classes, stem, resolve_dropout(dropout, 0.2))
 
 
 @register_model("mobilenet_v3_large")
-def mobilenet_v3_large(*, width: float, num_classes: int, stem: str, dropout: Optional[float]) -> MobileNetV3:
+def mobilenet_v3_large(*, width: float, num_classes: int, stem: str, dropout: float | None) -> MobileNetV3:
     return _build("large", width, num_classes, stem, dropout)
 
 
 @register_model("mobilenet_v3_small")
-def mobilenet_v3_small(*, width: float, num_classes: int, stem: str, dropout: Optional[float]) -> MobileNetV3:
+def mobilenet_v3_small(*, width: float, num_classes: int, stem: str, dropout: float | None) -> MobileNetV3:
     return _build("small", width, num_classes, stem, dropout)

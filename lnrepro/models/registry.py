@@ -14,9 +14,10 @@ import inspect
 import logging
 import math
 import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,8 +35,8 @@ _COMMON_ARGS = ("width", "num_classes", "stem", "conv", "groups", "dropout")
 class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
-    default_conv: Optional[str] = None  # None: the family has no conv-kind switch
-    default_groups: Optional[int] = None  # None: the family has no groups option
+    default_conv: str | None = None  # None: the family has no conv-kind switch
+    default_groups: int | None = None  # None: the family has no groups option
     group_choices: tuple[int, ...] = ()
 
     @property
@@ -50,8 +51,8 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def register_model(
     name: str,
     *,
-    default_conv: Optional[str] = None,
-    default_groups: Optional[int] = None,
+    default_conv: str | None = None,
+    default_groups: int | None = None,
     group_choices: tuple[int, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Class/function decorator adding a builder to the registry under `name`.
@@ -106,10 +107,10 @@ def build_model(
     width: float = 1.0,
     num_classes: int = 1000,
     stem: str = "imagenet",
-    conv: Optional[str] = None,
-    groups: Optional[int] = None,
-    dropout: Optional[float] = None,
-    pretrained: Optional[str | Path] = None,
+    conv: str | None = None,
+    groups: int | None = None,
+    dropout: float | None = None,
+    pretrained: str | Path | None = None,
     **family_kwargs: Any,
 ) -> nn.Module:
     """Build the network `name` (see `list_models()`).

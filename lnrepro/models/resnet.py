@@ -15,8 +15,6 @@ counts need it); the 7x7 ImageNet stem and the 1x1 shortcuts stay standard convs
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -78,6 +76,6 @@ class ResNet(nn.Module):
 
 
 @register_model("resnet34", default_conv="standard")
-def resnet34(*, width: float, num_classes: int, stem: str, conv: str, dropout: Optional[float]) -> ResNet:
+def resnet34(*, width: float, num_classes: int, stem: str, conv: str, dropout: float | None) -> ResNet:
     # The paper uses no dropout.
     return ResNet(width, num_classes, stem, conv, resolve_dropout(dropout, 0.0))

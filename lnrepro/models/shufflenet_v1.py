@@ -24,7 +24,6 @@ stem="cifar": the stem conv at stride 1 and no max-pool (total stride 8).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -135,7 +134,7 @@ class ShuffleNetV1(nn.Module):
 
 
 @register_model("shufflenet_v1", default_groups=3, group_choices=GROUP_CHOICES)
-def shufflenet_v1(*, width: float, num_classes: int, stem: str, groups: int, dropout: Optional[float]) -> ShuffleNetV1:
+def shufflenet_v1(*, width: float, num_classes: int, stem: str, groups: int, dropout: float | None) -> ShuffleNetV1:
     stem_channels, stage2_channels = stage_channels(groups, width)[:2]
     if stage2_channels <= stem_channels:  # only for absurdly small widths
         raise UserInputError(f"shufflenet_v1: width={width:g} is too small for groups={groups}; use a width >= 0.1")

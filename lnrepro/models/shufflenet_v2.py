@@ -29,8 +29,6 @@ stem="cifar": conv1 at stride 1 and no max-pool, as in chenyaofo/pytorch-cifar-m
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -149,6 +147,6 @@ class ShuffleNetV2(nn.Module):
 
 
 @register_model("shufflenet_v2")
-def shufflenet_v2(*, width: float, num_classes: int, stem: str, dropout: Optional[float]) -> ShuffleNetV2:
+def shufflenet_v2(*, width: float, num_classes: int, stem: str, dropout: float | None) -> ShuffleNetV2:
     default_dropout = 0.2 if width > WIDE_HEAD_ABOVE else 0.0
     return ShuffleNetV2(width, num_classes, stem, resolve_dropout(dropout, default_dropout))

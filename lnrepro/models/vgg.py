@@ -16,8 +16,6 @@ stem="cifar": the five max-pools already bring a 32x32 image to 1x1, so the rule
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -72,5 +70,5 @@ class VGG(nn.Module):
 
 
 @register_model("vgg16", default_conv="standard")
-def vgg16(*, width: float, num_classes: int, stem: str, conv: str, dropout: Optional[float]) -> VGG:
+def vgg16(*, width: float, num_classes: int, stem: str, conv: str, dropout: float | None) -> VGG:
     return VGG(width, num_classes, stem, conv, resolve_dropout(dropout, 0.0 if stem == "cifar" else 0.5))

@@ -3,8 +3,8 @@
 Indirect metrics (`counts`): parameters, multiply-adds and FLOPs (FLOPs = 2 x multiply-adds, everywhere in this
 project), memory access cost. Direct metrics (`timing`, `memory`): latency at batch 1, inference and training
 throughput, peak memory. Every measured figure carries its context (device, dtype, threads, batch size, input
-size, torch version). `profile_model` runs what `ProfileSettings` (the `profile` config group) asks for and returns one flat dict under
-the keys of `lnrepro.schema`.
+size, torch version). `profile_model` runs what `ProfileSettings` (the `profile` config group) asks for and
+returns one flat dict under the keys of `lnrepro.schema`.
 """
 
 from lnrepro.profiling.context import measurement_context, synchronize
@@ -18,8 +18,8 @@ from lnrepro.profiling.counts import (
     evaluation_mode,
     memory_access_cost,
 )
-from lnrepro.profiling.memory import PeakMemory, inference_peak_memory, training_peak_memory
 from lnrepro.profiling.measure import ProfileSettings, measured_metrics, profile_model, static_metrics
+from lnrepro.profiling.memory import PeakMemory, inference_peak_memory, training_peak_memory
 from lnrepro.profiling.timing import Latency, Throughput, inference_throughput, latency, training_throughput
 
 __all__ = [

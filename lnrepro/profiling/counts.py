@@ -7,9 +7,9 @@ BatchNorm statistics are untouched; the caller's train/eval mode is restored aft
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,7 +76,7 @@ class ProfileSettings:
             check_runtime(runtime, device)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> "ProfileSettings":
+    def from_config(cls, config: Mapping[str, Any] | None) -> ProfileSettings:
         """From the `profile` config node (a DictConfig or dict); an unknown key is refused in one line."""
         if config is None:
             return cls()
@@ -191,7 +192,7 @@ def measured_metrics(
                         test_batches=test_batches() if test_batches is not None and runtime != "eager" else None,
                     )
                 )
-            except Exception as error:  # noqa: BLE001  one runtime's failure must not cost the run's other figures
+            except Exception as error:  # one runtime's failure must not cost the run's other figures
                 if not keep_going:
                     raise
                 reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"

@@ -30,9 +30,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -286,7 +287,7 @@ def _unsupported_layer(model: nn.Module, images: torch.Tensor, operator: str) ->
     try:
         with torch.no_grad(), Spy():
             model(images)
-    except Exception:  # noqa: BLE001  the spy is a courtesy to the error message; the export error is the news
+    except Exception:  # the spy is a courtesy to the error message; the export error is the news
         pass
     finally:
         for hook in hooks:
@@ -321,7 +322,7 @@ def _export_onnx(model: nn.Module, input_size: InputSize, path: Path) -> float:
                 opset_version=OPSET,
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             )
-    except Exception as error:  # noqa: BLE001  any export failure is the network's, told in one line
+    except Exception as error:  # any export failure is the network's, told in one line
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         match = re.search(r"operator '([\w:.]+)'", message)
         layer = _unsupported_layer(exported, images, match.group(1)) if match else None

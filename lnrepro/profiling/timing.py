@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,8 @@ from lnrepro.profiling.context import (
     InputSize,
     measurement_context,
     model_device,
-    random_input,
     percentile,
+    random_input,
     synchronize,
 )
 from lnrepro.profiling.counts import evaluation_mode

@@ -69,7 +69,7 @@ def merge(group: list[Run]) -> tuple[Run, SeedStats]:
     if len(group) == 1:
         return group[0], stats
     values = {}
-    for name, value in group[0].values.items():
+    for name in group[0].values:
         present = [run.values[name] for run in group if run.values.get(name) is not None]
         values[name] = statistics.median(present) if present else None
     values["top1"] = stats.top1_mean

@@ -9,8 +9,9 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

@@ -46,7 +46,7 @@ CONTEXT = (schema.DEVICE, schema.DTYPE, schema.THREADS, schema.BATCH_SIZE, schem
 
 def format_row(metrics: dict[str, Any], columns: list[tuple], runtime: str | None = None) -> list[str]:
     cells = []
-    for title, key, fmt, *scale in columns:
+    for _title, key, fmt, *scale in columns:
         value = metrics.get(key(runtime) if callable(key) else key)
         if value is None:
             cells.append("-")

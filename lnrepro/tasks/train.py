@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro import schema
-from lnrepro.errors import UserInputError
 from lnrepro.callbacks.efficiency_profile import publish
+from lnrepro.errors import UserInputError
 from lnrepro.profiling import ProfileSettings, measured_metrics
 from lnrepro.schema import write_metrics
 from lnrepro.tasks.common import hydra_multirun_name, log
-from lnrepro.training import ClassificationModule
-from lnrepro.training import distributed
+from lnrepro.training import ClassificationModule, distributed
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
 from lnrepro.utils.instantiate import (
     close_loggers,

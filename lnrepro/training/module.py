@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -29,7 +30,8 @@ class ClassificationModule(pl.LightningModule):
         scheduler: a factory from `lnrepro.training.schedulers`, completed with `steps_per_epoch`/`max_epochs`.
         num_classes: for the metrics and Mixup's soft targets.
         no_weight_decay_on_norm_and_bias: exempt 1-d parameters (norm weights, biases) from weight decay.
-        mixup: timm `Mixup` arguments (`mixup_alpha`, `cutmix_alpha`, `prob`, `switch_prob`); off when both alphas are 0.
+        mixup: timm `Mixup` arguments (`mixup_alpha`, `cutmix_alpha`, `prob`, `switch_prob`); off when both alphas
+            are 0.
         channels_last: feed the network channels-last tensors (and convert its weights).
         compile: run the forward pass through `torch.compile` (`nn.Module.compile` on this module: the
             state_dict keeps its plain keys, and `self.net`, which profiling and export use, stays uncompiled).

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import hydra
+from hydra.errors import InstantiationException
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 
 from lnrepro.callbacks.wandb_run_id import WandbRunId
@@ -57,7 +57,7 @@ def instantiate_loggers(
     W&B run to continue, unless the config names one (`id`/`version`)."""
     run_id = WandbRunId.run_id_in(checkpoint)
     loggers = []
-    for name, config in _configs(group, "logger"):
+    for _name, config in _configs(group, "logger"):
         if config._target_.endswith("WandbLogger") and multirun_group and not config.get("group"):
             with open_dict(config):
                 config.group = multirun_group

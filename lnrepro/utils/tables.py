@@ -3,7 +3,7 @@ lnrepro-eval and lnrepro-report."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import rich.console
 import rich.table
