@@ -25,8 +25,9 @@ log = logging.getLogger("lnrepro")
 
 #: Version 0: files without `schema_version` (before 2026-11-30); version 1: the first table. In both, accuracies are
 #: torchmetrics' default per-class mean (equal to top-1 only on balanced labels) and latency is eager only
-#: (`latency_ms`, `onnx/latency_ms`: `LEGACY_KEYS`). Version 2: true top-1/top-5; latency per runtime.
-SCHEMA_VERSION = 2
+#: (`latency_ms`, `onnx/latency_ms`: `LEGACY_KEYS`). Version 2: true top-1/top-5; latency per runtime. Version 3:
+#: peak memory named for its unit, `memory/peak_mib` and `memory/infer_peak_mib` (were `..._mb`, holding MiB).
+SCHEMA_VERSION = 3
 #: The first version whose accuracies are true top-1 (reports mark older ones).
 TRUE_TOP1_SINCE = 2
 FILENAME = "metrics.json"
@@ -160,14 +161,17 @@ END_OF_FIT_PROFILE_S = _key(
 )
 
 # --- measured on the network (lnrepro.profiling; end of fit and profile) ---------------------------------------
-MEMORY_PEAK_MB = _key(
-    "memory/peak_mb",
+MEMORY_PEAK_MIB = _key(
+    "memory/peak_mib",
     "MiB",
     "peak memory of training: CUDA max allocated over the fit; on the CPU, one profiled training step at `batch_size`",
 )
-MEMORY_INFER_PEAK_MB = _key("memory/infer_peak_mb", "MiB", "peak memory of one inference batch at `batch_size`")
+MEMORY_INFER_PEAK_MIB = _key("memory/infer_peak_mib", "MiB", "peak memory of one inference batch at `batch_size`")
 
-# --- per deployment runtime: eager | compiled | onnxruntime | onnxruntime_int8 (lnrepro.profiling.runtimes) ----
+# --- per deployment runtime (lnrepro.profiling.runtimes) --------------------------------------------------------
+#: The deployment runtimes a network is measured in, in the order tables list them: the one list of their names
+#: (`profile.runtimes` takes any of them; `<runtime>` in the keys below is one of them).
+RUNTIMES = ("eager", "compiled", "onnxruntime", "onnxruntime_int8")
 _key("latency/<runtime>_ms", "ms", "median batch-1 latency in the runtime")
 _key("latency/<runtime>_p90_ms", "ms", "90th percentile of the same passes")
 _key("infer/<runtime>_imgs_per_s", "images/s", "inference throughput at `batch_size` in the runtime")
@@ -215,8 +219,11 @@ def accuracy_key(runtime: str) -> str:
 
 
 LATENCY_MS, LATENCY_P90_MS, INFER_IMGS_PER_S = latency_key("eager"), latency_p90_key("eager"), throughput_key("eager")
-#: Keys of files before version 2 -> their names now; `read_metrics` adds the new name beside the old one.
+#: Keys of files before version 2 (latency) or 3 (memory) -> their names now; `read_metrics` adds the new name beside
+#: the old one.
 LEGACY_KEYS = {
+    "memory/peak_mb": MEMORY_PEAK_MIB,
+    "memory/infer_peak_mb": MEMORY_INFER_PEAK_MIB,
     "latency_ms": LATENCY_MS,
     "latency_p90_ms": LATENCY_P90_MS,
     "infer/imgs_per_s": INFER_IMGS_PER_S,

@@ -109,12 +109,12 @@ def test_latency_and_throughput_are_positive_with_a_sane_spread():
 
 def test_peak_memory_is_positive_and_grows_with_the_batch():
     net = tiny_net()
-    small, large = (inference_peak_memory(net, batch, 16).peak_mb for batch in (2, 64))
+    small, large = (inference_peak_memory(net, batch, 16).peak_mib for batch in (2, 64))
     assert 0 < small < large
-    small, large = (training_peak_memory(net, batch, 16).peak_mb for batch in (2, 64))
+    small, large = (training_peak_memory(net, batch, 16).peak_mib for batch in (2, 64))
     assert 0 < small < large
     # Training keeps activations, gradients and momentum: more than inference at the same batch.
-    assert large > inference_peak_memory(net, 64, 16).peak_mb
+    assert large > inference_peak_memory(net, 64, 16).peak_mib
 
 
 PROFILE_FAST = [
@@ -153,7 +153,7 @@ CALLBACK_KEYS = {
     "train/imgs_per_s",
     "train/epoch_s",
     "val/epoch_s",
-    "memory/peak_mb",
+    "memory/peak_mib",
     "device",
     "dtype",
     "threads",
@@ -185,7 +185,7 @@ def test_callback_fills_every_key_on_a_tiny_run(make_train_cfg, monkeypatch):
     train_task.train(cfg)
     profile = next(c for c in made if type(c).__name__ == "EfficiencyProfile")
     assert CALLBACK_KEYS <= set(profile.metrics)
-    assert profile.metrics["train/imgs_per_s"] > 0 and profile.metrics["memory/peak_mb"] > 0
+    assert profile.metrics["train/imgs_per_s"] > 0 and profile.metrics["memory/peak_mib"] > 0
     assert profile.metrics["batch_size"] == 16 and profile.metrics["input_size"] == "3x16x16"
     csv_header = next(Path(cfg.paths.output_dir).rglob("metrics.csv")).read_text().splitlines()[0]
     assert "train/imgs_per_s" in csv_header and "latency/eager_ms" in csv_header  # reached the logger

@@ -27,7 +27,7 @@ MAIN_COLUMNS = [
     "train_s_per_epoch",
     "val_s",
     "infer_ms_per_image",
-    "memory_mb",
+    "memory_mib",
     "top1",
 ]
 
@@ -78,7 +78,7 @@ def metrics_for(model, conv=None, stem="cifar", params=1e6, flops=1e8, latency=5
         "latency_ms": latency,
         "latency_p90_ms": latency * 1.1,
         "infer/imgs_per_s": 900.0,
-        "memory/peak_mb": 4096.0,
+        "memory/peak_mib": 4096.0,
         "device": "cpu (fake)",
         "dtype": "float32",
         "threads": 2,
@@ -136,8 +136,8 @@ def test_parse_and_format_amounts():
     assert format_value("params", 14.7e6) == "14.7M"
     assert format_value("params", 877e3) == "877K"
     assert format_value("flops", 2.32e9) == "2.32G"
-    assert format_value("memory_mb", 4915.2) == "4.8 GB"
-    assert format_value("memory_mb", 512.0) == "512 MB"
+    assert format_value("memory_mib", 4915.2) == "4.8 GiB"
+    assert format_value("memory_mib", 512.0) == "512 MiB"
     assert format_value("top1", 83.94) == "83.9"
     assert format_value("val_s", None) == "-"
 
@@ -166,7 +166,7 @@ def test_seed_multirun_report_matches_the_seed_table(seed_multirun):
         assert float(ours["params"]) == pytest.approx(parse_amount(published["params"]), rel=1e-9)
         assert float(ours["ref_flops"]) == pytest.approx(parse_amount(published["flops"]))
         assert float(ours["ref_top1"]) == pytest.approx(float(published["top1"]))
-        assert float(ours["ref_memory_mb"]) == pytest.approx(float(published["gpu_memory_gb"]) * 1024)
+        assert float(ours["ref_memory_mib"]) == pytest.approx(float(published["gpu_memory_gb"]) * 1024)
         assert float(ours["top1"]) == pytest.approx(float(published["top1"]))
     assert rows[-1]["run_dir"] == "10"
     # Markdown: published figures side by side
@@ -208,7 +208,7 @@ def test_missing_values_are_dashes_and_plots_without_data_are_skipped(tmp_path):
 
 
 def test_speed_table_shows_latency_throughput_and_memory_only_when_measured(tmp_path):
-    # metrics_for sets p90 = 1.1 x latency, 900 inference and 5000 training img/s, 4096 MB training memory
+    # metrics_for sets p90 = 1.1 x latency, 900 inference and 5000 training img/s, 4096 MiB training memory
     write_run(
         tmp_path / "runs" / "a",
         metrics_for(
@@ -216,13 +216,13 @@ def test_speed_table_shows_latency_throughput_and_memory_only_when_measured(tmp_
             width=0.5,
             latency=9.5,
             batch_size=64,
-            **{"memory/infer_peak_mb": 141.2, "input_size": "3x32x32"},
+            **{"memory/infer_peak_mib": 141.2, "input_size": "3x32x32"},
         ),
     )
     write_run(tmp_path / "runs" / "b", {"model": "mobilenet_v2", "width": 1.0, "stem": "cifar", "test/acc": 0.9})
     markdown = make_report([tmp_path / "runs"], out_dir=tmp_path / "out", plots=False).markdown
     assert "| model | latency ms (p90) | infer img/s | train img/s | infer memory | train memory |" in markdown
-    assert "| shufflenet_v2_x0.5 | 9.5 (10.5) | 900 | 5000 | 141 MB | 4 GB | 64 | 3x32x32 | 2 |" in markdown
+    assert "| shufflenet_v2_x0.5 | 9.5 (10.5) | 900 | 5000 | 141 MiB | 4 GiB | 64 | 3x32x32 | 2 |" in markdown
     assert "| mobilenet_v2 | - | - | - | - | - | - | - | - |" in markdown
     write_run(tmp_path / "bare" / "c", {"model": "mobilenet_v2", "width": 1.0, "stem": "cifar", "test/acc": 0.9})
     assert "Speed on" not in make_report([tmp_path / "bare"], out_dir=tmp_path / "out2", plots=False).markdown

@@ -106,6 +106,17 @@ def test_files_written_before_the_schema_still_read_and_report(tmp_path):
     assert report.rows[0].run.values["infer_ms_per_image"] == pytest.approx(1.5)
 
 
+def test_version_2_memory_keys_read_under_their_unit_names(tmp_path):
+    """Version 2 named MiB figures `memory/peak_mb`; they read as `memory/peak_mib` and reach the report."""
+    old = {"model": "ghostnet", "schema_version": 2, "memory/peak_mb": 512.0, "memory/infer_peak_mb": 64.0}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(old))
+    metrics = schema.read_metrics(tmp_path / "run")
+    assert metrics[schema.MEMORY_PEAK_MIB] == 512.0 and metrics[schema.MEMORY_INFER_PEAK_MIB] == 64.0
+    report = make_report([tmp_path / "run"], plots=False)
+    assert report.rows[0].run.values["memory_mib"] == 512.0
+
+
 def test_multirun_group_is_the_task_and_sweep_time(tmp_path):
     sweep = tmp_path / "logs" / "train" / "multiruns" / "2026-11-30_12-00-00"
     sweep.mkdir(parents=True)

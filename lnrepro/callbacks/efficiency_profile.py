@@ -18,7 +18,7 @@ from lnrepro import schema
 from lnrepro.profiling import ProfileSettings, count_macs, measured_metrics, static_metrics, synchronize
 from lnrepro.profiling.context import input_shape, shape_text
 from lnrepro.profiling.measure import LAYER_COLUMNS, layer_rows
-from lnrepro.profiling.memory import MB
+from lnrepro.profiling.memory import MIB
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class EfficiencyProfile(pl.Callback):
     - At the end of training (`profile.end_of_fit`): peak memory as the `profile` config group asks for, measured by
       `lnrepro.profiling.measured_metrics` exactly as `lnrepro-profile` measures it, on the trained network itself
       (no copy), in eval mode under no_grad, train mode restored; the fit measured its own training speed. On a
-      GPU `memory/peak_mb` is `torch.cuda.max_memory_allocated` over the whole fit; on the CPU, one measured
+      GPU `memory/peak_mib` is `torch.cuda.max_memory_allocated` over the whole fit; on the CPU, one measured
       training step. Latency and throughput per runtime come after testing, from the train task.
 
     Final values are in `self.metrics` (keys: `lnrepro.schema`) and go to every logger's `log_metrics` (numbers
@@ -195,12 +195,12 @@ class EfficiencyProfile(pl.Callback):
         net = self.network(pl_module)
         shape = self._input_shape or (3, 32, 32)
         on_gpu = pl_module.device.type == "cuda"
-        fit_peak = torch.cuda.max_memory_allocated(pl_module.device) / MB if on_gpu else None  # before anything runs
+        fit_peak = torch.cuda.max_memory_allocated(pl_module.device) / MIB if on_gpu else None  # before anything runs
         if self.settings.end_of_fit and trainer.is_global_zero:
             # On a GPU the fit's own peak is the training figure: no extra training step is measured. Latency per
             # runtime is the train task's, after testing, where it also gets each runtime's test accuracy.
             settings = dataclasses.replace(self.settings, train=self.settings.train and not on_gpu, runtimes=[])
             self.metrics.update(measured_metrics(net, shape, settings, training_speed=False))
         if fit_peak is not None and self.settings.memory:
-            self.metrics[schema.MEMORY_PEAK_MB] = fit_peak
+            self.metrics[schema.MEMORY_PEAK_MIB] = fit_peak
         publish(trainer, self.metrics)

@@ -166,7 +166,7 @@ def measured_metrics(
       images for onnxruntime_int8 (None: `calibration_images` random ones). With `keep_going`, a runtime that
       fails leaves `<runtime>/error` instead of its figures (a finished fit keeps its results); `progress(runtime,
       done, total)` is called as each runtime starts and once more at the end;
-    - peak memory of inference and, with `train`, of training (`memory/peak_mb` is training's peak when
+    - peak memory of inference and, with `train`, of training (`memory/peak_mib` is training's peak when
       measured, else inference's); with `train` and `training_speed`, training throughput (a fit passes False:
       it measured its own)."""
     settings = settings or ProfileSettings()
@@ -205,11 +205,11 @@ def measured_metrics(
                 model, batch, input_size, runs=runs, warmup=warmup
             ).images_per_s
         if settings.memory:
-            metrics[schema.MEMORY_INFER_PEAK_MB] = inference_peak_memory(model, batch, input_size).peak_mb
-            metrics[schema.MEMORY_PEAK_MB] = (
-                training_peak_memory(model, batch, input_size).peak_mb
+            metrics[schema.MEMORY_INFER_PEAK_MIB] = inference_peak_memory(model, batch, input_size).peak_mib
+            metrics[schema.MEMORY_PEAK_MIB] = (
+                training_peak_memory(model, batch, input_size).peak_mib
                 if settings.train
-                else metrics[schema.MEMORY_INFER_PEAK_MB]
+                else metrics[schema.MEMORY_INFER_PEAK_MIB]
             )
         metrics.update(measurement_context(model, batch, input_size))
     return metrics

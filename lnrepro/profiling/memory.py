@@ -26,12 +26,12 @@ from lnrepro.profiling.context import InputSize, measurement_context, model_devi
 from lnrepro.profiling.counts import evaluation_mode
 from lnrepro.profiling.timing import train_step_fn
 
-MB = 2**20
+MIB = 2**20
 
 
 @dataclass(frozen=True)
 class PeakMemory:
-    peak_mb: float  # MiB (2**20 bytes)
+    peak_mib: float  # MiB (2**20 bytes)
     method: str  # "cuda.max_memory_allocated" or "torch.profiler"
     context: dict[str, Any]
 
@@ -67,8 +67,8 @@ def _peak(model: nn.Module, run: Callable[[], None]) -> tuple[float, str]:
         torch.cuda.reset_peak_memory_stats(device)
         run()
         synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / MB, "cuda.max_memory_allocated"
-    return (_resident_bytes(model) + _profiled_peak_bytes(run)) / MB, "torch.profiler"
+        return torch.cuda.max_memory_allocated(device) / MIB, "cuda.max_memory_allocated"
+    return (_resident_bytes(model) + _profiled_peak_bytes(run)) / MIB, "torch.profiler"
 
 
 def inference_peak_memory(model: nn.Module, batch_size: int, input_size: InputSize) -> PeakMemory:

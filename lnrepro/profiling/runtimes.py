@@ -50,8 +50,7 @@ from lnrepro.profiling.context import (
 )
 from lnrepro.profiling.counts import evaluation_mode
 from lnrepro.profiling.timing import time_calls
-
-RUNTIMES = ("eager", "compiled", "onnxruntime", "onnxruntime_int8")
+from lnrepro.schema import RUNTIMES
 
 #: The packages each runtime imports (module name = the pip distribution name for both). The TorchScript ONNX
 #: exporter is part of torch; ONNX Runtime's quantisation tools import `onnx`.

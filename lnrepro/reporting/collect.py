@@ -135,7 +135,7 @@ def read_run(path: Path, conv_only: bool = False) -> Run:
         "val_s": get(schema.VAL_EPOCH_S),
         "infer_ms_per_image": get(schema.LATENCY_MS),
         "deployed_ms_per_image": get(schema.latency_key("onnxruntime")),
-        "memory_mb": get(schema.MEMORY_PEAK_MB),
+        "memory_mib": get(schema.MEMORY_PEAK_MIB),
         "top1": None if top1 is None else 100.0 * top1,
     }
     return run

@@ -12,7 +12,7 @@ Three layouts are recognised by their header:
 
 Any other CSV with a `model` column matches a run whose row name or model equals it (and `width`, when there is such
 a column). When several rows match, the first one is used. `macs_m` (millions of multiply-adds) is shown as FLOPs =
-2 x multiply-adds; `gpu_memory_gb` as MB (x 1024).
+2 x multiply-adds; `gpu_memory_gb` as MiB (x 1024).
 """
 
 from __future__ import annotations
@@ -79,15 +79,17 @@ class Reference:
             "train_s_per_epoch": parse_amount(row.get("train_s_per_epoch")),
             "val_s": parse_amount(row.get("val_s")),
             "infer_ms_per_image": parse_amount(row.get("infer_ms_per_image")),
-            "memory_mb": None,
+            "memory_mib": None,
             "top1": parse_amount(row.get("top1")),
         }
         if out["flops"] is None and parse_amount(row.get("macs_m")) is not None:
             out["flops"] = 2 * parse_amount(row["macs_m"]) * 1e6
         if parse_amount(row.get("gpu_memory_gb")) is not None:
-            out["memory_mb"] = parse_amount(row["gpu_memory_gb"]) * 1024
-        if parse_amount(row.get("memory_mb")) is not None:
-            out["memory_mb"] = parse_amount(row["memory_mb"])
+            out["memory_mib"] = parse_amount(row["gpu_memory_gb"]) * 1024
+        for column in ("memory_mib", "memory_mb"):  # a CSV may name it either way; both are read as MiB
+            if parse_amount(row.get(column)) is not None:
+                out["memory_mib"] = parse_amount(row[column])
+                break
         return out
 
     def _matches(self, run: Run, row: dict[str, str]) -> bool:

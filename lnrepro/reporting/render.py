@@ -2,7 +2,7 @@
 
 Columns (the seed table's order): model (row name), stem, params, FLOPs, train s/epoch, val s, ms/image, memory,
 top-1. Sources in metrics.json: `params` (`params_conv` with the seed table), `flops` (`flops_conv`; FLOPs = 2 x
-multiply-adds), `train/epoch_s`, `val/epoch_s`, `latency/eager_ms` (batch-1 median), `memory/peak_mb`, `test/acc`
+multiply-adds), `train/epoch_s`, `val/epoch_s`, `latency/eager_ms` (batch-1 median), `memory/peak_mib`, `test/acc`
 (`val/acc_best` when a run has no test, marked with a dagger). A missing value is "-".
 """
 
@@ -32,7 +32,7 @@ COLUMNS = [
     ("train_s_per_epoch", "train s/epoch"),
     ("val_s", "val s"),
     ("infer_ms_per_image", "ms/image"),
-    ("memory_mb", "memory"),
+    ("memory_mib", "memory"),
     ("top1", "top-1 %"),
 ]
 FIGURES = [name for name, _ in COLUMNS[2:]]
@@ -45,7 +45,7 @@ EXTRA = (
             schema.LATENCY_P90_MS,
             schema.INFER_IMGS_PER_S,
             schema.TRAIN_IMGS_PER_S,
-            schema.MEMORY_INFER_PEAK_MB,
+            schema.MEMORY_INFER_PEAK_MIB,
         )
     ]
     + [
@@ -83,8 +83,8 @@ SPEED_COLUMNS = [
     ("latency ms (p90)", (schema.LATENCY_MS, schema.LATENCY_P90_MS), "latency"),
     ("infer img/s", (schema.INFER_IMGS_PER_S,), "rate"),
     ("train img/s", (schema.TRAIN_IMGS_PER_S,), "rate"),
-    ("infer memory", (schema.MEMORY_INFER_PEAK_MB,), "memory"),
-    ("train memory", (schema.MEMORY_PEAK_MB,), "memory"),
+    ("infer memory", (schema.MEMORY_INFER_PEAK_MIB,), "memory"),
+    ("train memory", (schema.MEMORY_PEAK_MIB,), "memory"),
     ("batch", (schema.BATCH_SIZE,), "plain"),
     ("input", (schema.INPUT_SIZE,), "plain"),
     ("threads", (schema.THREADS,), "plain"),
@@ -99,7 +99,7 @@ def _significant(value: float, digits: int = 3) -> str:
 
 
 def format_value(column: str, value: float | None) -> str:
-    """How the Markdown shows a figure: 14.7M, 877K, 2.32G, 10.6, 4.8 GB, 83.9."""
+    """How the Markdown shows a figure: 14.7M, 877K, 2.32G, 10.6, 4.8 GiB, 83.9."""
     if value is None:
         return MISSING
     if column in ("params", "flops"):
@@ -107,8 +107,8 @@ def format_value(column: str, value: float | None) -> str:
             if abs(value) >= scale:
                 return _significant(value / scale) + suffix
         return _significant(value)
-    if column == "memory_mb":
-        return f"{_significant(value / 1024)} GB" if value >= 1024 else f"{_significant(value)} MB"
+    if column == "memory_mib":
+        return f"{_significant(value / 1024)} GiB" if value >= 1024 else f"{_significant(value)} MiB"
     if column == "top1":
         return f"{value:.1f}"
     return _significant(value)
@@ -217,13 +217,10 @@ def speed_cell(metrics: dict[str, Any], keys: tuple[str, ...], kind: str) -> str
     if kind == "latency":
         return _significant(values[0]) + (f" ({_significant(values[1])})" if values[1] is not None else "")
     if kind == "memory":
-        return format_value("memory_mb", values[0])
+        return format_value("memory_mib", values[0])
     if kind == "rate":
         return _significant(values[0])
     return "x".join(map(str, values[0])) if isinstance(values[0], list) else str(values[0])
-
-
-RUNTIME_ORDER = ("eager", "compiled", "onnxruntime", "onnxruntime_int8")
 
 
 def runtime_cell(metrics: dict[str, Any], runtime: str) -> str:
@@ -242,7 +239,9 @@ def runtime_cell(metrics: dict[str, Any], runtime: str) -> str:
 def render_runtime_table(rows: list[ReportRow]) -> list[str]:
     """Batch-1 latency in each runtime side by side, the best runtime's speed-up over eager, and int8's top-1 drop
     (where the run measured test accuracy in each runtime)."""
-    runtimes = [r for r in RUNTIME_ORDER if any(row.run.metrics.get(schema.latency_key(r)) is not None for row in rows)]
+    runtimes = [
+        r for r in schema.RUNTIMES if any(row.run.metrics.get(schema.latency_key(r)) is not None for row in rows)
+    ]
     if not [r for r in runtimes if r != "eager"]:
         return []
     cells = []

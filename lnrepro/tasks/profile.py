@@ -29,7 +29,7 @@ COLUMNS = [
     ("FLOPs (M)", schema.FLOPS, "{:.1f}", 1e-6),
     ("MAC (MB)", schema.MAC_BYTES, "{:.1f}", 2**-20),
     ("train img/s", schema.TRAIN_IMGS_PER_S, "{:.1f}"),
-    ("peak MB", schema.MEMORY_PEAK_MB, "{:.1f}"),
+    ("peak MiB", schema.MEMORY_PEAK_MIB, "{:.1f}"),
 ]
 
 
