@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lnrepro-installed
 ARGS ?=
 
-.PHONY: install train eval test test-cluster test-all bench-data reproduce-seeds clean-logs
+.PHONY: install train eval lint format test test-cluster test-all bench-data reproduce-seeds clean-logs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,17 @@ train: install
 eval: install
 	$(PY) eval.py $(ARGS)
 
-# the default suite: fast tests only (well under 10 minutes on 2 CPU cores); no cluster tests
-test: install
+# ruff's lint rules and formatting (pyproject.toml); `make format` applies both
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# the lint, then the default suite: fast tests only (8 minutes at most on 2 CPU cores); no slow or cluster tests
+test: lint
 	$(PY) -m pytest -m "not slow and not cluster" $(ARGS)
 
 # scale-out on real engines (tests/test_cluster.py): SLURM sweeps, DDP, a failing job and a requeue on the local

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, open_dict
 import lnrepro.conf  # noqa: F401  registers the resolvers the configs use
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "lnrepro" / "conf"
+CONF = ROOT / "conf"
 SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
 
 # Tiny synthetic 32x32 data, unless a test picks other data.

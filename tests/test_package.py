@@ -43,14 +43,21 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def build_wheel(out: Path) -> Path:
-    """Build from a copy of the sources (an in-tree build would leave build/ and *.egg-info in the checkout)."""
+def copy_sources(out: Path) -> Path:
+    """What a build reads, copied to `out`/source (an in-tree build would leave build/ and *.egg-info in the
+    checkout)."""
     source = out / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for package in ("lnrepro", "hydra_plugins"):  # hydra_plugins: the hydra/launcher=slurm|local launchers
+    # conf: shipped as lnrepro.conf; hydra_plugins: the hydra/launcher=slurm|local launchers
+    for package in ("lnrepro", "conf", "hydra_plugins"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return source
+
+
+def build_wheel(out: Path) -> Path:
+    source = copy_sources(out)
     subprocess.run(
         [
             sys.executable,
@@ -72,46 +79,40 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
+def fresh_venv(where: Path) -> Path:
+    """A virtual environment without pip that sees the project environment's packages through a plain .pth line
+    (its own .pth files, the checkout's editable lnrepro among them, are not processed). Returns its python."""
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(site) / "project_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """A fresh virtual environment with the wheel installed (--no-deps); the project environment's packages reach
-    it through a .pth file. Returns its bin/ directory."""
+    """A fresh virtual environment with the wheel installed (--no-deps). Returns its bin/ directory."""
     work = tmp_path_factory.mktemp("wheel")
     wheel = build_wheel(work)
-    venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = Path(
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
-    # A plain path line: the project environment's own .pth files (its editable lnrepro) are not processed.
-    (site / "project_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = fresh_venv(work)
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(venv / "bin" / "python"),
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-index",
-            str(wheel),
-        ],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index",
+         str(wheel)],
         check=True,
         env=clean_env(),
         timeout=300,
-    )
-    return venv / "bin"
+    )  # fmt: skip
+    return python.parent
 
 
 def test_wheel_ships_every_config_and_published_table(tmp_path):
-    shipped_yaml = {str(p.relative_to(ROOT)) for p in (ROOT / "lnrepro" / "conf").rglob("*.yaml")}
+    shipped_yaml = {f"lnrepro/{p.relative_to(ROOT)}" for p in (ROOT / "conf").rglob("*.yaml")}
     shipped_csv = {str(p.relative_to(ROOT)) for p in (ROOT / "lnrepro" / "reference").glob("*.csv")}
     with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
         names = set(wheel.namelist())
@@ -199,6 +200,60 @@ def test_console_scripts_from_the_wheel_work_from_any_directory(installed, tmp_p
     )
     assert reported.returncode == 0, reported.stderr[-3000:]
     assert "imagenet_published.csv" in reported.stdout and (tmp_path / "report" / "report.md").is_file()
+
+
+def test_every_package_of_the_tree_is_listed_for_the_build():
+    """pyproject.toml lists the packages (conf/ is mapped to lnrepro.conf, which discovery cannot do): a package
+    added to lnrepro/ and not listed would be missing from every install."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("lnrepro", "hydra_plugins")
+        for init in (ROOT / top).rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert on_disk | {"lnrepro.conf", "hydra_plugins"} == set(setuptools["packages"])
+    assert setuptools["package-dir"] == {"lnrepro.conf": "conf"}
+
+
+def test_an_editable_install_composes_the_top_level_conf_folder(tmp_path):
+    """`pip install -e .` (what `make` does): lnrepro.conf is the checkout's conf/ itself, so an edited config
+    takes effect without reinstalling, and the console script composes it from any directory."""
+    source = copy_sources(tmp_path)
+    python = fresh_venv(tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index",
+         "--no-build-isolation", "-e", str(source)],
+        check=True,
+        env=clean_env(),
+        timeout=300,
+    )  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run(
+        [str(python), "-c", "from importlib.resources import files; print(files('lnrepro.conf') / 'train.yaml')"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=elsewhere,
+    )
+    assert where.returncode == 0, where.stderr[-2000:]
+    assert Path(where.stdout.strip()) == source / "conf" / "train.yaml"
+
+    model_yaml = source / "conf" / "model" / "shufflenet_v2.yaml"
+    model_yaml.write_text(model_yaml.read_text().replace("width: 1.0", "width: 0.625"))
+    composed = subprocess.run(
+        [str(python.parent / "lnrepro-train"), "--cfg", "job", "model=shufflenet_v2"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=elsewhere,
+        timeout=300,
+    )
+    assert composed.returncode == 0, composed.stderr[-2000:]
+    assert "width: 0.625" in composed.stdout
 
 
 def test_the_model_zoo_needs_only_torch():

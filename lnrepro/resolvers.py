@@ -1,9 +1,7 @@
-"""The package's Hydra configs (`pkg://lnrepro.conf`): one config group per concern, shipped with the wheel.
+"""The OmegaConf resolvers the package's configs use (`${lnrepro.process:}`, `${lnrepro.cwd:}`).
 
-Entry configs: `train.yaml`, `eval.yaml`, `profile.yaml`. A user's own config folder joins through
-`hydra.searchpath=[file://DIR]` (its `model/mine.yaml` is then `model=mine`).
-
-Hydra imports this package before it reads a config from it, so the resolvers the configs use are registered here.
+Registered on import; the config package (`conf/__init__.py`, shipped as `lnrepro.conf`) imports this module, and
+Hydra imports that package before it reads a config from it, so the resolvers exist wherever the configs are read.
 """
 
 from __future__ import annotations
