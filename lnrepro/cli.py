@@ -49,12 +49,12 @@ def profile(cfg: DictConfig) -> None:
 
 REPORT_DOC = """Report over finished runs: `lnrepro-report DIR... [--reference NAME|CSV] [--out DIR] [--wandb]`.
 
-Gathers every metrics.json under the DIRs (runs and multiruns, recursively) into report.md and report.csv (the seed
-table's column order) and PNG plots (top-1 vs FLOPs, top-1 vs latency with the Pareto front, FLOPs vs latency), and
-prints the Markdown. Example:
+Gathers every metrics.json under the DIRs (runs and multiruns, recursively) into report.md and report.csv (the
+ghost_vs_dwpw table's column order) and PNG plots (top-1 vs FLOPs, top-1 vs latency with the Pareto front, FLOPs vs
+latency), and prints the Markdown. Example:
 
     lnrepro-train -m experiment=ghost_vs_dwpw_cifar10
-    lnrepro-report logs/train/multiruns/<time> --reference seed
+    lnrepro-report logs/train/multiruns/<time> --reference ghost_vs_dwpw
 """
 
 

@@ -68,7 +68,7 @@ CONV = _key("conv", "-", "conv kind of families with the switch: standard | dwpw
 GROUPS = _key("groups", "-", "ShuffleNet V1 group count")
 STEM = _key("stem", "-", "input stem: cifar | imagenet")
 DATA = _key("data", "-", "data config name")
-SEED = _key("seed", "-", "the run's seed")
+SEED = _key("seed", "-", "the run's random seed")
 CONFIG_DIGEST = _key(
     "config_digest",
     "-",
@@ -125,7 +125,7 @@ VAL_ACC_BEST = _key("val/acc_best", "fraction", "best val/acc over the epochs so
 # --- static counts, one image (lnrepro.profiling.counts) -------------------------------------------------------
 PARAMS = _key("params", "count", "parameters")
 PARAMS_TRAINABLE = _key("params_trainable", "count", "parameters with requires_grad")
-PARAMS_CONV = _key("params_conv", "count", "parameters of Conv2d layers only (as seed 003 counts them)")
+PARAMS_CONV = _key("params_conv", "count", "parameters of Conv2d layers only (as the ghost_vs_dwpw table counts them)")
 MACS = _key("macs", "multiply-adds", "multiply-adds of one image (torch's FlopCounterMode / 2)")
 MACS_CONV = _key("macs_conv", "multiply-adds", "multiply-adds of Conv2d layers only")
 FLOPS = _key("flops", "FLOPs", "2 x macs")
@@ -216,6 +216,14 @@ def throughput_key(runtime: str) -> str:
 
 def accuracy_key(runtime: str) -> str:
     return f"test/acc_{runtime}"
+
+
+def contended_key(runtime: str) -> str:
+    return f"latency/{runtime}_contended"
+
+
+def error_key(runtime: str) -> str:
+    return f"{runtime}/error"
 
 
 LATENCY_MS, LATENCY_P90_MS, INFER_IMGS_PER_S = latency_key("eager"), latency_p90_key("eager"), throughput_key("eager")

@@ -3,14 +3,15 @@
 - every row of lnrepro/reference/imagenet_published.csv: parameters (exact where the row's figure comes from
   torchvision, timm or the official code, else within 1%) and multiply-adds within 2% at the row's resolution,
   1000 classes;
-- every row of lnrepro/reference/cifar10_seed_table.csv (seed 003's CIFAR-10 table): Conv2d parameters within 1% and
-  conv FLOPs (2 x multiply-adds) within 2% at 32x32, 10 classes;
+- every row of lnrepro/reference/ghost_vs_dwpw.csv (seed document 003's CIFAR-10 table): Conv2d parameters within
+  1% and conv FLOPs (2 x multiply-adds) within 2% at 32x32, 10 classes;
 - the MobileNet V2 / ShuffleNet V2 rows of lnrepro/reference/cifar10_published.csv (stem cifar): params within 1%,
   multiply-adds within 2%;
 - a state_dict saved from each torchvision/timm network that has a twin here, loaded through
   `build_model(..., pretrained=path)`, gives the same outputs in eval mode.
 
-The CSVs are copies of ../shared/reference (the tests read only the copies).
+The CSVs are copies of ../shared/reference (ghost_vs_dwpw.csv is its cifar10_seed_table.csv; the tests read only
+the copies).
 Multiply-adds are counted with torch.utils.flop_counter.FlopCounterMode, which counts 2 per multiply-add of
 convolutions and matrix products (nothing for BN, activations, pooling), i.e. what the papers call FLOPs/MAdds.
 """
@@ -30,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lnrepro.models import build_model
 from lnrepro.reporting.reference import shipped_table
 
-DATA = Path(shipped_table("seed")).parent  # the published tables ship in the package
+DATA = Path(shipped_table("ghost_vs_dwpw")).parent  # the published tables ship in the package
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,7 +53,7 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_conv_params(model: nn.Module) -> int:
-    """Weights and biases of Conv2d layers only (the seed table's convention)."""
+    """Weights and biases of Conv2d layers only (the ghost_vs_dwpw table's convention)."""
     return sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters())
 
 
@@ -106,12 +107,12 @@ def test_imagenet_published_figures(row):
 # ---------------------------------------------------------------------------------------------------------------
 # CIFAR-10 figures
 # ---------------------------------------------------------------------------------------------------------------
-SEED_ROWS = read_rows("cifar10_seed_table.csv")
+GHOST_VS_DWPW_ROWS = read_rows("ghost_vs_dwpw.csv")
 CONV_KIND_OF_ROW = {"conv": "standard", "dwpw": "dwpw", "ghost": "ghost"}
 
 
-@pytest.mark.parametrize("row", SEED_ROWS, ids=[r["model"] for r in SEED_ROWS])
-def test_cifar10_seed_table_conv_figures(row):
+@pytest.mark.parametrize("row", GHOST_VS_DWPW_ROWS, ids=[r["model"] for r in GHOST_VS_DWPW_ROWS])
+def test_ghost_vs_dwpw_table_conv_figures(row):
     family, kind = row["model"].rsplit("_", 1)
     model = build_model(family, num_classes=10, stem=row["stem"], conv=CONV_KIND_OF_ROW[kind])
     assert_close(count_conv_params(model), parse_count(row["params"]), 0.01, "conv params")
@@ -130,7 +131,7 @@ def test_cifar10_published_ports(row):
 
 def test_cifar_rows_cover_both_families():
     assert {r["model"] for r in CIFAR_PUBLISHED_ROWS} == {"mobilenet_v2", "shufflenet_v2"}
-    assert len(SEED_ROWS) == 9 and len(IMAGENET_ROWS) >= 30
+    assert len(GHOST_VS_DWPW_ROWS) == 9 and len(IMAGENET_ROWS) >= 30
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_wheel_ships_every_config_and_published_table(tmp_path):
     with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
         names = set(wheel.namelist())
     assert shipped_yaml and shipped_yaml <= names
-    assert {"lnrepro/reference/cifar10_seed_table.csv", "lnrepro/reference/imagenet_published.csv"} <= shipped_csv
+    assert {"lnrepro/reference/ghost_vs_dwpw.csv", "lnrepro/reference/imagenet_published.csv"} <= shipped_csv
     assert shipped_csv <= names
     assert "lnrepro/conf/__init__.py" in names
     assert "hydra_plugins/lnrepro_launchers/launchers.py" in names

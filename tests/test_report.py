@@ -16,7 +16,7 @@ from lnrepro.reporting import ReportError, format_value, load_reference, make_re
 from lnrepro.reporting.reference import shipped_table
 from tests.conftest import ROOT
 
-SEED_TABLE = shipped_table("seed")
+GHOST_VS_DWPW = shipped_table("ghost_vs_dwpw")
 IMAGENET = shipped_table("imagenet")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAIN_COLUMNS = [
@@ -32,7 +32,7 @@ MAIN_COLUMNS = [
 ]
 
 # (model, conv, stem, params_conv, flops_conv, latency ms, top-1 fraction)
-SEED_RUNS = [
+GHOST_VS_DWPW_RUNS = [
     ("vgg16", "standard", "cifar", 14.7e6, 626e6, 5.9, 0.839),
     ("vgg16", "dwpw", "cifar", 1.68e6, 72.9e6, 3.3, 0.821),
     ("vgg16", "ghost", "cifar", 877e3, 40.6e6, 5.9, 0.820),
@@ -97,13 +97,13 @@ def write_run(folder: Path, metrics: dict) -> Path:
 
 
 @pytest.fixture
-def seed_multirun(tmp_path) -> Path:
-    """logs/train/multiruns/<time>/<n>/metrics.json for the nine seed-table runs, in sweep order."""
+def ghost_vs_dwpw_multirun(tmp_path) -> Path:
+    """logs/train/multiruns/<time>/<n>/metrics.json for the nine ghost_vs_dwpw runs, in sweep order."""
     sweep = tmp_path / "logs" / "train" / "multiruns" / "2026-11-23_20-00-00"
     order = [(m, c) for m in ("vgg16", "resnet34", "ghostnet") for c in ("standard", "dwpw", "ghost")]
     # job numbers that sort differently as text (job 10 must come after job 9)
     for job, (model, conv) in zip([0, 1, 2, 3, 4, 5, 6, 7, 10], order):
-        row = next(r for r in SEED_RUNS if r[:2] == (model, conv))
+        row = next(r for r in GHOST_VS_DWPW_RUNS if r[:2] == (model, conv))
         write_run(sweep / str(job), metrics_for(row[0], row[1], row[2], *row[3:]))
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     return sweep
@@ -150,19 +150,19 @@ def test_pareto_front_on_a_hand_made_example():
     assert pareto_front([]) == []
 
 
-def test_seed_multirun_report_matches_the_seed_table(seed_multirun):
-    report = make_report([seed_multirun], reference=SEED_TABLE)
-    rows = read_csv(seed_multirun / "report.csv")
+def test_ghost_vs_dwpw_multirun_report_matches_the_table(ghost_vs_dwpw_multirun):
+    report = make_report([ghost_vs_dwpw_multirun], reference=GHOST_VS_DWPW)
+    rows = read_csv(ghost_vs_dwpw_multirun / "report.csv")
     header = list(rows[0])
     assert header[: len(MAIN_COLUMNS)] == MAIN_COLUMNS
     assert header[len(MAIN_COLUMNS)] == "ref_model"
-    # rows in the seed table's order, each next to its published row
-    seed = read_csv(SEED_TABLE)
-    assert [r["model"] for r in rows] == [r["model"] for r in seed]
-    assert [r["ref_model"] for r in rows] == [r["model"] for r in seed]
-    assert [r["stem"] for r in rows] == [r["stem"] for r in seed]
-    for ours, published in zip(rows, seed):
-        # conv-only counts are compared with the seed's conv-only counts
+    # rows in the table's order, each next to its published row
+    table = read_csv(GHOST_VS_DWPW)
+    assert [r["model"] for r in rows] == [r["model"] for r in table]
+    assert [r["ref_model"] for r in rows] == [r["model"] for r in table]
+    assert [r["stem"] for r in rows] == [r["stem"] for r in table]
+    for ours, published in zip(rows, table):
+        # conv-only counts are compared with the table's conv-only counts
         assert float(ours["params"]) == pytest.approx(parse_amount(published["params"]), rel=1e-9)
         assert float(ours["ref_flops"]) == pytest.approx(parse_amount(published["flops"]))
         assert float(ours["ref_top1"]) == pytest.approx(float(published["top1"]))
@@ -177,7 +177,7 @@ def test_seed_multirun_report_matches_the_seed_table(seed_multirun):
     for name in ("top1_vs_flops", "top1_vs_latency", "flops_vs_latency"):
         assert_valid_png(report.files[name])
         assert f"({name}.png)" in report.markdown
-    assert (seed_multirun / "report.md").read_text() == report.markdown
+    assert (ghost_vs_dwpw_multirun / "report.md").read_text() == report.markdown
 
 
 def test_missing_values_are_dashes_and_plots_without_data_are_skipped(tmp_path):
@@ -228,6 +228,17 @@ def test_speed_table_shows_latency_throughput_and_memory_only_when_measured(tmp_
     assert "Speed on" not in make_report([tmp_path / "bare"], out_dir=tmp_path / "out2", plots=False).markdown
 
 
+def test_runtime_table_marks_a_contended_measurement_and_a_failed_runtime(tmp_path):
+    onnx = {"latency/onnxruntime_ms": 1.0, "latency/onnxruntime_p90_ms": 1.2}
+    failed = {"latency/onnxruntime_contended": True, "onnxruntime_int8/error": "RuntimeError: no int8 kernel"}
+    write_run(tmp_path / "a", metrics_for("vgg16", "standard", latency=5.0, **onnx, **failed))
+    write_run(tmp_path / "b", metrics_for("vgg16", "dwpw", latency=5.0, **onnx, **{"latency/onnxruntime_int8_ms": 0.5}))
+    markdown = make_report([tmp_path], out_dir=tmp_path / "out", plots=False).markdown
+    assert "| model | eager ms (p90) | onnxruntime ms (p90) | onnxruntime_int8 ms (p90) |" in markdown
+    assert "| vgg16_conv | 5 (5.5) | 1 (1.2)* | failed | onnxruntime x5.0 |" in markdown
+    assert "| vgg16_dwpw | 5 (5.5) | 1 (1.2) | 0.5 | onnxruntime_int8 x10.0 |" in markdown
+
+
 def test_imagenet_reference_matches_family_width_groups_resolution(tmp_path):
     common = dict(data="imagenet", stem="imagenet", input_size=224)
     write_run(tmp_path / "0", metrics_for("shufflenet_v1", groups=8, width=0.5, **common))
@@ -248,7 +259,7 @@ def test_imagenet_reference_matches_family_width_groups_resolution(tmp_path):
 
 def test_a_ghostnet_with_the_wrong_stem_is_not_matched(tmp_path):
     write_run(tmp_path / "0", metrics_for("ghostnet", "ghost", stem="cifar"))
-    report = make_report([tmp_path], reference=SEED_TABLE, plots=False)
+    report = make_report([tmp_path], reference=GHOST_VS_DWPW, plots=False)
     assert report.rows[0].reference is None
     assert any("ghostnet_ghost" in note for note in report.notes)
 
@@ -260,9 +271,9 @@ def run_report(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_report_py_prints_the_markdown_and_writes_the_files(seed_multirun, tmp_path):
+def test_report_py_prints_the_markdown_and_writes_the_files(ghost_vs_dwpw_multirun, tmp_path):
     out = tmp_path / "report"
-    result = run_report(str(seed_multirun), "--reference", str(SEED_TABLE), "--out", str(out))
+    result = run_report(str(ghost_vs_dwpw_multirun), "--reference", str(GHOST_VS_DWPW), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("# lnrepro report")
     assert "| resnet34_dwpw | cifar | 2.58M / 2.58M | 283M / 283M |" in result.stdout
@@ -287,12 +298,52 @@ def test_make_report_without_metrics_raises(tmp_path):
         make_report([tmp_path])
 
 
-def test_report_plots_and_table_go_to_wandb_offline(seed_multirun, tmp_path, monkeypatch):
+def report_cli(capsys, *args: str) -> tuple[int, str, list[str]]:
+    """`lnrepro-report ARGS` in this process: exit status, stdout, and stderr's lines but the `written:` one."""
+    from lnrepro.cli import report
+
+    status = report(list(args))
+    out, err = capsys.readouterr()
+    return status, out, [line for line in err.splitlines() if line and not line.startswith("written: ")]
+
+
+def test_reference_ghost_vs_dwpw_by_name_matches_all_nine_rows_without_a_warning(ghost_vs_dwpw_multirun, capsys):
+    status, out, err = report_cli(capsys, str(ghost_vs_dwpw_multirun), "--reference", "ghost_vs_dwpw", "--no-plots")
+    assert status == 0 and err == []
+    assert "published figures from `ghost_vs_dwpw.csv`" in out
+    assert "| resnet34_dwpw | cifar | 2.58M / 2.58M | 283M / 283M |" in out
+    assert "no row of" not in out and "with no run" not in out
+
+
+def test_reference_seed_still_works_with_one_line_naming_ghost_vs_dwpw(ghost_vs_dwpw_multirun, tmp_path, capsys):
+    dirs = [str(ghost_vs_dwpw_multirun), "--no-plots"]
+    _, current, _ = report_cli(capsys, *dirs, "--reference", "ghost_vs_dwpw", "--out", str(tmp_path / "current"))
+    status, out, err = report_cli(capsys, *dirs, "--reference", "seed", "--out", str(tmp_path / "deprecated"))
+    assert status == 0 and out == current  # the same report
+    (warning,) = err
+    assert warning.startswith("warning: ") and "deprecated" in warning and "--reference ghost_vs_dwpw" in warning
+    assert load_reference("seed").kind == "ghost_vs_dwpw" and shipped_table("seed") == GHOST_VS_DWPW
+
+
+def test_report_help_lists_ghost_vs_dwpw_and_not_seed_as_a_table(capsys):
+    from lnrepro.cli import report
+
+    with pytest.raises(SystemExit) as exited:
+        report(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the option help
+    epilog = text.split("Published tables shipped with lnrepro (--reference NAME): ", 1)[1]
+    assert [entry.split(":")[0] for entry in epilog.split("; ")] == ["ghost_vs_dwpw", "imagenet", "cifar10"]
+    assert "side by side: ghost_vs_dwpw, imagenet, cifar10 or a CSV path" in text
+    assert "seed," not in text and "seed:" not in text
+
+
+def test_report_plots_and_table_go_to_wandb_offline(ghost_vs_dwpw_multirun, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from lnrepro.reporting import log_to_wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    report = make_report([seed_multirun], reference=SEED_TABLE, out_dir=tmp_path / "out")
+    report = make_report([ghost_vs_dwpw_multirun], reference=GHOST_VS_DWPW, out_dir=tmp_path / "out")
     run_dir = Path(log_to_wandb(report, group="train/2026-11-23_20-00-00"))
     offline = run_dir.parent
     assert offline.name.startswith("offline-run-")
@@ -305,8 +356,8 @@ def test_report_plots_and_table_go_to_wandb_offline(seed_multirun, tmp_path, mon
 
 
 @pytest.mark.slow
-def test_seed_preset_multirun_then_report_gives_nine_matched_rows(tmp_path):
-    """`train.py -m experiment=ghost_vs_dwpw_cifar10` on tiny synthetic data, then report.py beside the seed table."""
+def test_ghost_vs_dwpw_preset_multirun_then_report_gives_nine_matched_rows(tmp_path):
+    """`train.py -m experiment=ghost_vs_dwpw_cifar10` on tiny synthetic data, then report.py beside its table."""
     quick = [
         "data=synthetic",
         "data.train_size=32",
@@ -340,11 +391,11 @@ def test_seed_preset_multirun_then_report_gives_nine_matched_rows(tmp_path):
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
-    result = run_report(str(sweep_dir), "--reference", str(SEED_TABLE))
+    result = run_report(str(sweep_dir), "--reference", str(GHOST_VS_DWPW))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = read_csv(sweep_dir / "report.csv")
-    assert [r["model"] for r in rows] == [r["ref_model"] for r in rows] == [r["model"] for r in read_csv(SEED_TABLE)]
+    assert [r["model"] for r in rows] == [r["ref_model"] for r in rows] == [r["model"] for r in read_csv(GHOST_VS_DWPW)]
     for row in rows:
-        if row["params"]:  # once the profile keys are in metrics.json: the seed's conv-only counts
+        if row["params"]:  # once the profile keys are in metrics.json: the table's conv-only counts
             assert float(row["params"]) == pytest.approx(float(row["ref_params"]), rel=0.01)
             assert float(row["flops"]) == pytest.approx(float(row["ref_flops"]), rel=0.02)

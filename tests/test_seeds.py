@@ -89,7 +89,7 @@ def test_a_seed_row_shows_median_timings_in_every_table_and_the_mean_int8_top1(t
         )
     report = make_report([tmp_path], out_dir=tmp_path / "out", plots=False)
     (row,) = report.rows
-    assert row.seeds.top1_int8_mean == pytest.approx(81.0)
+    assert row.seed_stats.top1_int8_mean == pytest.approx(81.0)
     # the main table's ms/image and the runtime table read the same median, not the first seed's figure
     assert row.run.values["infer_ms_per_image"] == row.run.metrics["latency/eager_ms"] == 6.0
     assert row.run.metrics["latency/onnxruntime_ms"] == 1.2 and row.run.metrics["latency/onnxruntime_contended"]

@@ -1,4 +1,4 @@
-"""Reports over finished runs: tables in the seed table's column order, published figures side by side, plots.
+"""Reports over finished runs: tables in the ghost_vs_dwpw table's column order, published figures side by side, plots.
 
 `lnrepro-report DIR... [--reference NAME|CSV] [--out DIR]`; from Python, `make_report([...])`.
 """

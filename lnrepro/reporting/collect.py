@@ -47,10 +47,8 @@ def find_metrics_files(paths: list[str | Path]) -> list[Path]:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, bool) or value is None:  # a flag is no figure, though float(True) would be 1.0
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -104,7 +102,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        """vgg16_conv, resnet34_dwpw, ghostnet_ghost (the seed table's names), shufflenet_v1_g3_x0.5, ..."""
+        """vgg16_conv, resnet34_dwpw, ghostnet_ghost (the ghost_vs_dwpw table's names), shufflenet_v1_g3_x0.5, ..."""
         name = self.model
         if self.conv:
             name += "_" + ("conv" if self.conv == "standard" else self.conv)
@@ -117,7 +115,7 @@ class Run:
 
 def read_run(path: Path, conv_only: bool = False) -> Run:
     """One metrics.json (any schema version) as a report row's figures. `conv_only`: params and FLOPs of Conv2d
-    layers only (as the seed table counts them)."""
+    layers only (as the ghost_vs_dwpw table counts them)."""
     metrics = read_metrics(path)
     get = lambda key: _number(metrics.get(key))  # noqa: E731
     top1, source = get(schema.TEST_ACC), "test"

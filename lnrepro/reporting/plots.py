@@ -43,7 +43,6 @@ def scatter_plot(
     ylabel: str,
     title: str,
     log_x: bool = False,
-    log_y: bool = False,
     pareto: bool = False,
     published: tuple[list[float], list[float], list[str]] | None = None,
 ) -> Path:
@@ -80,8 +79,6 @@ def scatter_plot(
         )
     if log_x:
         ax.set_xscale("log")
-    if log_y:
-        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

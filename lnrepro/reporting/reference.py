@@ -2,9 +2,10 @@
 
 Three layouts are recognised by their header:
 
-- the seed's CIFAR-10 table (`cifar10_seed_table.csv`: model,stem,params,flops,train_s_per_epoch,...): a run matches
-  the row named `<model>_<conv>` (conv `standard` is called `conv`, as the seed does) with the same `stem`; params
-  and FLOPs are then the conv-only counts (`params_conv`, `flops_conv`), as the seed counts them;
+- the ghost_vs_dwpw table, seed document 003's CIFAR-10 Ghost vs DW-PW comparison (`ghost_vs_dwpw.csv`:
+  model,stem,params,flops,train_s_per_epoch,...): a run matches the row named `<model>_<conv>` (conv `standard` is
+  called `conv`, as document 003 does) with the same `stem`; params and FLOPs are then the conv-only counts
+  (`params_conv`, `flops_conv`), as document 003 counts them;
 - published ImageNet figures (`imagenet_published.csv`: family,width,groups,resolution,...): a run matches the row
   with its model as `family`, the same `width`, the same `groups` (empty in the CSV = the run has none) and a
   `resolution` equal to the run's input side (`input_size`, else 224 for data=imagenet, 32 for cifar10);
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,25 +44,25 @@ def parse_amount(text: str | None) -> float | None:
 @dataclass
 class Reference:
     path: Path
-    kind: str  # "seed" | "imagenet" | "cifar10_published" | "generic"
+    kind: str  # "ghost_vs_dwpw" | "imagenet" | "cifar10_published" | "generic"
     rows: list[dict[str, str]]
 
     @property
     def conv_only(self) -> bool:
-        return self.kind == "seed"
+        return self.kind == "ghost_vs_dwpw"
 
     @property
     def how(self) -> str:
         return {
-            "seed": "row `<model>_<conv>` (standard = `conv`) with the same stem; params and FLOPs count Conv2d "
-            "layers only, as the seed does",
+            "ghost_vs_dwpw": "row `<model>_<conv>` (standard = `conv`) with the same stem; params and FLOPs count "
+            "Conv2d layers only, as the table does",
             "imagenet": "family = model, same width, same groups, resolution = the run's input side",
             "cifar10_published": "model and width (CIFAR-10 runs only); the first matching row",
             "generic": "`model` = the row name or the model (and the same width when the CSV has one)",
         }[self.kind]
 
     def label(self, row: dict[str, str]) -> str:
-        if self.kind == "seed" or self.kind == "generic":
+        if self.kind in ("ghost_vs_dwpw", "generic"):
             return row.get("model", "?")
         name = row.get("family") or row.get("model") or "?"
         if row.get("groups"):
@@ -94,7 +96,7 @@ class Reference:
 
     def _matches(self, run: Run, row: dict[str, str]) -> bool:
         same_width = lambda: not row.get("width") or abs(float(row["width"]) - run.width) < 1e-9  # noqa: E731
-        if self.kind == "seed":
+        if self.kind == "ghost_vs_dwpw":
             return row.get("model") == run.name and (not row.get("stem") or row["stem"] == run.stem)
         if self.kind == "imagenet":
             groups = int(row["groups"]) if row.get("groups") else None
@@ -124,16 +126,31 @@ class Reference:
 #: Published tables shipped in the package (lnrepro/reference/), by the name `--reference` takes:
 #: name -> (file, what it holds and how runs match it).
 SHIPPED_TABLES = {
-    "seed": ("cifar10_seed_table.csv", "seed 003's CIFAR-10 Ghost vs DW-PW table (rows <model>_<conv> + stem)"),
+    "ghost_vs_dwpw": (
+        "ghost_vs_dwpw.csv",
+        "seed document 003's CIFAR-10 Ghost vs DW-PW table (rows <model>_<conv> + stem)",
+    ),
     "imagenet": ("imagenet_published.csv", "published ImageNet figures (family, width, groups, resolution)"),
     "cifar10": ("cifar10_published.csv", "published CIFAR-10 figures of CIFAR-adapted ports (model, width)"),
 }
 
 
+#: Names `--reference` took before -> the table's name now. Each still works, with one warning on stderr; it is not
+#: listed among the tables. `seed` was the ghost_vs_dwpw table, a name that also read as the random seed.
+RENAMED_TABLES = {"seed": "ghost_vs_dwpw"}
+
+
 def shipped_table(name: str) -> Path:
-    """The path of a shipped published table, by its `SHIPPED_TABLES` name or its file name."""
+    """The path of a shipped published table, by its `SHIPPED_TABLES` name (or a `RENAMED_TABLES` one) or its file
+    name."""
     from importlib.resources import files
 
+    if name in RENAMED_TABLES:
+        print(
+            f"warning: --reference {name} is deprecated; use --reference {RENAMED_TABLES[name]} (the same table)",
+            file=sys.stderr,
+        )
+        name = RENAMED_TABLES[name]
     file = SHIPPED_TABLES[name][0] if name in SHIPPED_TABLES else name
     path = Path(str(files("lnrepro.reference").joinpath(file)))
     if not path.is_file():
@@ -142,8 +159,8 @@ def shipped_table(name: str) -> Path:
 
 
 def load_reference(path: str | Path) -> Reference:
-    """A published table: a `SHIPPED_TABLES` name (`seed`, `imagenet`, `cifar10`) or the path of a CSV."""
-    if str(path) in SHIPPED_TABLES:
+    """A published table: a `SHIPPED_TABLES` name (`ghost_vs_dwpw`, `imagenet`, `cifar10`) or the path of a CSV."""
+    if str(path) in SHIPPED_TABLES or str(path) in RENAMED_TABLES:
         path = shipped_table(str(path))
     path = Path(path).expanduser()
     try:
@@ -153,7 +170,7 @@ def load_reference(path: str | Path) -> Reference:
         raise ReportError(f"reference table {path} cannot be read ({error.strerror or error})") from error
     columns = set(rows[0]) if rows else set()
     if {"model", "stem", "train_s_per_epoch"} <= columns:
-        kind = "seed"
+        kind = "ghost_vs_dwpw"
     elif {"family", "width", "resolution"} <= columns:
         kind = "imagenet"
     elif {"model", "width", "macs_m"} <= columns:

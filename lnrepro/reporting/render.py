@@ -1,9 +1,9 @@
-"""`make_report(dirs)`: runs -> report.md, report.csv and PNG plots, in the seed table's column order.
+"""`make_report(dirs)`: runs -> report.md, report.csv and PNG plots, in the ghost_vs_dwpw table's column order.
 
-Columns (the seed table's order): model (row name), stem, params, FLOPs, train s/epoch, val s, ms/image, memory,
-top-1. Sources in metrics.json: `params` (`params_conv` with the seed table), `flops` (`flops_conv`; FLOPs = 2 x
-multiply-adds), `train/epoch_s`, `val/epoch_s`, `latency/eager_ms` (batch-1 median), `memory/peak_mib`, `test/acc`
-(`val/acc_best` when a run has no test, marked with a dagger). A missing value is "-".
+Columns (the ghost_vs_dwpw table's order): model (row name), stem, params, FLOPs, train s/epoch, val s, ms/image,
+memory, top-1. Sources in metrics.json: `params` (`params_conv` with the ghost_vs_dwpw table), `flops`
+(`flops_conv`; FLOPs = 2 x multiply-adds), `train/epoch_s`, `val/epoch_s`, `latency/eager_ms` (batch-1 median),
+`memory/peak_mib`, `test/acc` (`val/acc_best` when a run has no test, marked with a dagger). A missing value is "-".
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from lnrepro import schema
 from lnrepro.reporting.collect import Run, load_runs
 from lnrepro.reporting.plots import scatter_plot
 from lnrepro.reporting.reference import Reference, load_reference
-from lnrepro.reporting.seeds import DEFAULT_TOLERANCE, SeedStats, group_runs, merge
+from lnrepro.reporting.seeds import DEFAULT_TOLERANCE, SeedStats, group_by_recipe, merge_seeds
 from lnrepro.utils.files import atomic_write_text
 from lnrepro.utils.tables import markdown_table
 
-# (csv column, Markdown header) in the seed table's order
+# (csv column, Markdown header) in the ghost_vs_dwpw table's order
 COLUMNS = [
     ("model", "model"),
     ("stem", "stem"),
@@ -91,8 +91,9 @@ SPEED_COLUMNS = [
 ]
 
 
-def _significant(value: float, digits: int = 3) -> str:
-    text = f"{value:.{digits}g}"
+def _significant(value: float) -> str:
+    """Three significant digits, never in exponent notation."""
+    text = f"{value:.3g}"
     if "e" in text:  # 1.23e+03 -> 1230
         text = f"{value:.0f}"
     return text
@@ -116,19 +117,20 @@ def format_value(column: str, value: float | None) -> str:
 
 @dataclass
 class ReportRow:
-    run: Run  # for several seeds of one recipe: the merged run (`seeds.merge`)
+    run: Run  # for several seeds of one recipe: the merged run (`seeds.merge_seeds`)
     reference: dict[str, float | None] | None = None
     reference_label: str | None = None
-    seeds: SeedStats | None = None
+    seed_stats: SeedStats | None = None
     tolerance: float = DEFAULT_TOLERANCE
 
     @property
     def verdict(self) -> str | None:
-        return self.seeds.verdict((self.reference or {}).get("top1"), self.tolerance) if self.seeds else None
+        stats = self.seed_stats
+        return stats.verdict((self.reference or {}).get("top1"), self.tolerance) if stats else None
 
-    def seed_cells(self) -> dict[str, Any]:
-        """The seed columns, in report.md's and report.csv's names."""
-        stats = self.seeds or SeedStats(0, None, None, None)
+    def seed_stats_cells(self) -> dict[str, Any]:
+        """The columns of top-1 over seeds, in report.md's and report.csv's names."""
+        stats = self.seed_stats or SeedStats(0, None, None, None)
         rounded = lambda value: None if value is None else round(value, 3)  # noqa: E731
         return {
             "n_seeds": stats.n_seeds,
@@ -149,7 +151,7 @@ class ReportRow:
             for name in FIGURES:
                 value = (self.reference or {}).get(name)
                 record[f"ref_{name}"] = "" if value is None else value
-        record.update({key: "" if value is None else value for key, value in self.seed_cells().items()})
+        record.update({key: "" if value is None else value for key, value in self.seed_stats_cells().items()})
         record["top1_split"] = self.run.top1_source or ""
         for column, key in EXTRA:
             value = self.run.metrics.get(key)
@@ -182,17 +184,17 @@ def _common_root(runs: list[Run]) -> Path:
 def build_rows(
     runs: list[Run], reference: Reference | None, tolerance: float = DEFAULT_TOLERANCE
 ) -> tuple[list[ReportRow], list[str]]:
-    """One row per recipe (runs that differ only in seed are one row, `seeds.merge`), in reference order (matched
-    rows first), then the rest in path order; notes on what did not match."""
+    """One row per recipe (runs that differ only in seed are one row, `seeds.merge_seeds`), in reference order
+    (matched rows first), then the rest in path order; notes on what did not match."""
     notes: list[str] = []
-    merged = [merge(group) for group in group_runs(runs)]
+    merged = [merge_seeds(group) for group in group_by_recipe(runs)]
     if reference is None:
-        return [ReportRow(run, seeds=stats, tolerance=tolerance) for run, stats in merged], notes
+        return [ReportRow(run, seed_stats=stats, tolerance=tolerance) for run, stats in merged], notes
     matched, unmatched, used = [], [], set()
     for run, stats in merged:
         index = reference.match(run)
         if index is None:
-            unmatched.append(ReportRow(run, seeds=stats, tolerance=tolerance))
+            unmatched.append(ReportRow(run, seed_stats=stats, tolerance=tolerance))
         else:
             used.add(index)
             row = reference.rows[index]
@@ -203,11 +205,16 @@ def build_rows(
             f"no row of {reference.path.name} for: {', '.join(r.run.name for r in unmatched)} "
             f"(matching: {reference.how})"
         )
-    if reference.kind == "seed":
+    if reference.kind == "ghost_vs_dwpw":  # a table of exactly the runs to make: name those still missing
         missing = [r["model"] for i, r in enumerate(reference.rows) if i not in used]
         if missing:
             notes.append(f"rows of {reference.path.name} with no run: {', '.join(missing)}")
     return rows, notes
+
+
+def latency_cell(median: float, p90: float | None) -> str:
+    """`1.23 (1.5)`: median latency and, where measured, its 90th percentile."""
+    return _significant(median) + (f" ({_significant(p90)})" if p90 is not None else "")
 
 
 def speed_cell(metrics: dict[str, Any], keys: tuple[str, ...], kind: str) -> str:
@@ -215,7 +222,7 @@ def speed_cell(metrics: dict[str, Any], keys: tuple[str, ...], kind: str) -> str
     if values[0] is None:
         return MISSING
     if kind == "latency":
-        return _significant(values[0]) + (f" ({_significant(values[1])})" if values[1] is not None else "")
+        return latency_cell(values[0], values[1])
     if kind == "memory":
         return format_value("memory_mib", values[0])
     if kind == "rate":
@@ -224,16 +231,12 @@ def speed_cell(metrics: dict[str, Any], keys: tuple[str, ...], kind: str) -> str
 
 
 def runtime_cell(metrics: dict[str, Any], runtime: str) -> str:
-    """Median latency (p90), `*` when the measurement was contended, the error's first words when it failed."""
+    """Median latency (p90), `*` when the measurement was contended, `failed` when the runtime failed."""
     value = metrics.get(schema.latency_key(runtime))
     if value is None:
-        return "failed" if metrics.get(f"{runtime}/error") else MISSING
-    p90 = metrics.get(schema.latency_p90_key(runtime))
-    return (
-        _significant(value)
-        + (f" ({_significant(p90)})" if p90 is not None else "")
-        + ("*" if metrics.get(f"latency/{runtime}_contended") else "")
-    )
+        return "failed" if metrics.get(schema.error_key(runtime)) else MISSING
+    contended = "*" if metrics.get(schema.contended_key(runtime)) else ""
+    return latency_cell(value, metrics.get(schema.latency_p90_key(runtime))) + contended
 
 
 def render_runtime_table(rows: list[ReportRow]) -> list[str]:
@@ -259,8 +262,9 @@ def render_runtime_table(rows: list[ReportRow]) -> list[str]:
             else MISSING
         )
         top1, int8 = metrics.get(schema.TEST_ACC), metrics.get(schema.accuracy_key("onnxruntime_int8"))
-        if row.seeds and row.seeds.n_seeds > 1 and row.seeds.top1_int8_mean is not None:  # mean over the seeds
-            top1, int8 = row.seeds.top1_mean / 100, row.seeds.top1_int8_mean / 100
+        stats = row.seed_stats
+        if stats and stats.n_seeds > 1 and stats.top1_int8_mean is not None:  # mean over the seeds
+            top1, int8 = stats.top1_mean / 100, stats.top1_int8_mean / 100
         drop = MISSING if top1 is None or int8 is None else f"{100 * (float(top1) - float(int8)):+.2f}"
         cells.append([row.run.name] + [runtime_cell(metrics, r) for r in runtimes] + [speedup, drop])
     columns = (
@@ -295,28 +299,32 @@ def render_speed_table(rows: list[ReportRow]) -> list[str]:
     ]
 
 
-SEED_COLUMNS = ["n_seeds", "top1_mean", "top1_std", "top1_ci95", "top1_int8_mean", "verdict"]
+SEED_STATS_COLUMNS = ["n_seeds", "top1_mean", "top1_std", "top1_ci95", "top1_int8_mean", "verdict"]
 
 
-def render_seed_table(rows: list[ReportRow]) -> list[str]:
-    """Top-1 over seeds, where a row has several seeds or a published top-1 to be judged against."""
-    shown = [row for row in rows if row.seeds and row.seeds.n_seeds and (row.seeds.n_seeds > 1 or row.verdict)]
+def render_top1_over_seeds(rows: list[ReportRow]) -> list[str]:
+    """Top-1 over random seeds, where a row has several seeds or a published top-1 to be judged against."""
+    shown = [
+        row for row in rows if row.seed_stats and row.seed_stats.n_seeds and (row.seed_stats.n_seeds > 1 or row.verdict)
+    ]
     if not shown:
         return []
-    columns = [("model", True), ("seeds", True)] + [(name, False) for name in SEED_COLUMNS] + [("published", False)]
+    columns = (
+        [("model", True), ("seeds", True)] + [(name, False) for name in SEED_STATS_COLUMNS] + [("published", False)]
+    )
     cells = []
     for row in shown:
-        values = row.seed_cells()
+        values = row.seed_stats_cells()
         published = (row.reference or {}).get("top1")
         cells.append(
-            [row.run.name, ",".join(map(str, row.seeds.seeds))]
+            [row.run.name, ",".join(map(str, row.seed_stats.seeds))]
             + [
                 MISSING
                 if values[name] is None
                 else f"{values[name]:g}"
                 if isinstance(values[name], float)
                 else str(values[name])
-                for name in SEED_COLUMNS
+                for name in SEED_STATS_COLUMNS
             ]
             + [MISSING if published is None else f"{published:g}"]
         )
@@ -333,7 +341,7 @@ def render_seed_table(rows: list[ReportRow]) -> list[str]:
 def render_markdown(report: Report, sources: list[str]) -> str:
     with_reference = report.reference is not None
     lines = ["# lnrepro report", ""]
-    runs = sum(max(row.seeds.n_seeds, 1) if row.seeds else 1 for row in report.rows)
+    runs = sum(max(row.seed_stats.n_seeds, 1) if row.seed_stats else 1 for row in report.rows)
     lines.append(
         f"{runs} run(s) from {', '.join(sources)}"
         + (f", {len(report.rows)} rows (seeds averaged)." if runs != len(report.rows) else ".")
@@ -370,7 +378,7 @@ def render_markdown(report: Report, sources: list[str]) -> str:
             cells.append(cell)
         table.append(cells)
     lines.extend(markdown_table([(header, name in ("model", "stem")) for name, header in COLUMNS], table))
-    lines.extend(render_seed_table(report.rows))
+    lines.extend(render_top1_over_seeds(report.rows))
     lines.extend(render_runtime_table(report.rows))
     lines.extend(render_speed_table(report.rows))
     if report.notes:
@@ -464,7 +472,7 @@ def make_report(
     report = Report(rows=rows, reference=ref, out_dir=out, notes=notes)
     if ref is not None and ref.conv_only and any(r.run.values["params"] is None for r in rows):
         report.notes.append(
-            "params/FLOPs need `params_conv`/`flops_conv` in metrics.json (the seed table counts "
+            "params/FLOPs need `params_conv`/`flops_conv` in metrics.json (the ghost_vs_dwpw table counts "
             "Conv2d layers only); runs without them show '-'"
         )
     if plots:

@@ -47,7 +47,7 @@ def seed_stats(top1: list[float], seeds: tuple = ()) -> SeedStats:
     return SeedStats(len(top1), mean, std, float(t.ppf(0.975, len(top1) - 1)) * std / math.sqrt(len(top1)), seeds)
 
 
-def group_runs(runs: list[Run]) -> list[list[Run]]:
+def group_by_recipe(runs: list[Run]) -> list[list[Run]]:
     """Runs with equal `config_digest`, in the order their first run comes; a run without one stands alone."""
     groups: dict[object, list[Run]] = {}
     for index, run in enumerate(runs):
@@ -55,7 +55,7 @@ def group_runs(runs: list[Run]) -> list[list[Run]]:
     return list(groups.values())
 
 
-def merge(group: list[Run]) -> tuple[Run, SeedStats]:
+def merge_seeds(group: list[Run]) -> tuple[Run, SeedStats]:
     """One row's run for a group: top-1 is the mean over its seeds, every other figure the median (counts are
     equal across seeds; timings vary), in the table's values and in the metrics that the runtime and speed tables
     read alike; a flag (e.g. `latency/<runtime>_contended`) is set when any seed's is; the first run names it."""
