@@ -31,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lnrepro.models import build_model
 from lnrepro.profiling.context import percentile
-from lnrepro.profiling.runtimes import RUNTIMES, contended, cpu_features, cpu_pressure, prepare
+from lnrepro.profiling.cpu import contended, cpu_features, cpu_pressure
+from lnrepro.profiling.runtimes import prepare
 from lnrepro.profiling.timing import time_calls
+from lnrepro.schema import RUNTIMES
 
 
 def _spin() -> None:

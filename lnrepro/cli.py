@@ -99,6 +99,7 @@ def report_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def report(argv: list[str] | None = None) -> int:
     """`lnrepro-report DIR... [--reference NAME|CSV]`: report.md, report.csv and plots; exit status 2 on bad input."""
     args = report_arguments(argv)
+    from lnrepro.errors import print_error
     from lnrepro.reporting import ReportError, log_to_wandb, make_report
     from lnrepro.schema import multirun_group
 
@@ -107,8 +108,7 @@ def report(argv: list[str] | None = None) -> int:
             args.dirs, reference=args.reference, out_dir=args.out, plots=not args.no_plots, tolerance=args.tolerance
         )
     except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return print_error(error)
     print(result.markdown, end="")
     written = [result.files["markdown"], result.files["csv"]] + [p for p in result.files.values() if p.suffix == ".png"]
     print(f"\nwritten: {', '.join(str(p) for p in written)}", file=sys.stderr)

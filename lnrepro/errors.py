@@ -1,10 +1,15 @@
-"""The exceptions users see as one line.
+"""The exceptions users see as one line, and that line.
 
 `UserInputError`: a problem with what the user asked for (a config value, a path, a checkpoint).
 `TrainingDivergedError`: the loss became NaN or infinite.
 `ResourceExhaustedError`: the disk or the memory ran out (made from the OSError/RuntimeError by `lnrepro.tasks.common`).
-The task layer prints their message on one line and exits non-zero, without a traceback.
+The entry points print their message with `print_error`, on one line, and exit with its status, without a traceback.
 """
+
+from __future__ import annotations
+
+import sys
+from typing import Any
 
 
 class UserInputError(ValueError):
@@ -20,3 +25,22 @@ class ResourceExhaustedError(RuntimeError):
 
 
 USER_FACING_ERRORS = (UserInputError, TrainingDivergedError, ResourceExhaustedError)
+
+#: The exit status of a refused request or an exhausted resource; a bug keeps Python's 1 and its traceback.
+USER_ERROR_STATUS = 2
+
+
+def print_error(error: BaseException | str) -> int:
+    """`error: <message>` on stderr, the one line a user sees; returns the exit status that goes with it."""
+    print(f"error: {error}", file=sys.stderr)
+    return USER_ERROR_STATUS
+
+
+def check_integer(name: str, value: Any, least: int, none_allowed: bool = False) -> None:
+    """Refuse `value` of setting `name` unless it is an integer >= `least` (or None, with `none_allowed`); a bool is
+    not an integer here, though Python counts it as one."""
+    if value is None and none_allowed:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        allowed = f"null or an integer >= {least}" if none_allowed else f"an integer >= {least}"
+        raise UserInputError(f"{name}={value!r} is not possible: use {allowed}")

@@ -1,4 +1,5 @@
-"""Lightning loggers as lnrepro configures them."""
+"""Lightning loggers as lnrepro configures them, and `publish`: figures measured outside Lightning's logging (the
+efficiency profile, the deployment runtimes) sent to every logger of a trainer."""
 
 from __future__ import annotations
 
@@ -10,15 +11,39 @@ import time
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
 log = logging.getLogger(__name__)
 
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
+
+
+def wandb_loggers(trainer: pl.Trainer) -> list[_LightningWandbLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, _LightningWandbLogger)]
+
+
+def publish(trainer: pl.Trainer, values: dict[str, Any], save: bool = False) -> None:
+    """Send `values` to every logger: numbers through `log_metrics` at the current step; W&B's summary gets
+    everything (its summary is what a W&B table of runs shows). Rank 0 only. `save`: write the loggers' files
+    now (after the fit, when Lightning no longer does)."""
+    if not trainer.is_global_zero:
+        return
+    numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers:
+        for logger in trainer.loggers:
+            logger.log_metrics(numbers, step=trainer.global_step)
+    for logger in wandb_loggers(trainer):
+        logger.experiment.summary.update(values)
+    if save:
+        for logger in trainer.loggers:
+            logger.save()
 
 
 def flatten(params: Mapping[str, Any], delimiter: str = ".", prefix: str = "") -> dict[str, Any]:

@@ -102,17 +102,17 @@ def test_trainer_configs_build_a_trainer(make_train_cfg, trainer, tmp_path):
 
 @pytest.mark.parametrize("logger", options("logger"))
 def test_logger_configs_build_loggers(make_train_cfg, logger):
-    from lnrepro.utils.instantiate import instantiate_loggers
+    from lnrepro.tasks.instantiate import instantiate_loggers
 
     cfg = make_train_cfg(f"logger={logger}")
     loggers = instantiate_loggers(cfg.logger)
-    expected = {"csv": 1, "tensorboard": 1, "wandb": 1, "many": 3}[logger]
+    expected = {"csv": 1, "tensorboard": 1, "wandb": 1, "many": 3, "none": 0}[logger]
     assert len(loggers) == expected
 
 
 @pytest.mark.parametrize("callbacks", options("callbacks"))
 def test_callback_configs_build_callbacks(make_train_cfg, callbacks):
-    from lnrepro.utils.instantiate import instantiate_callbacks
+    from lnrepro.tasks.instantiate import instantiate_callbacks
 
     cfg = make_train_cfg(f"callbacks={callbacks}")
     made = instantiate_callbacks(cfg.callbacks)
@@ -145,7 +145,7 @@ def test_eval_config_composes(make_eval_cfg):
 
 
 def test_a_multirun_is_one_wandb_group(make_train_cfg):
-    from lnrepro.utils.instantiate import instantiate_loggers
+    from lnrepro.tasks.instantiate import instantiate_loggers
 
     cfg = make_train_cfg("logger=wandb", "tags=[a,b]")
     (logger,) = instantiate_loggers(cfg.logger, multirun_group="train/2026-01-01_00-00-00")

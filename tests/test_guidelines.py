@@ -22,7 +22,7 @@ from lnrepro.experiments.shufflenetv2_guidelines import (
     run_guidelines,
     settings,
 )
-from lnrepro.profiling import count_macs, memory_access_cost
+from lnrepro.profiling import count_macs
 from lnrepro.tasks.profile import profile
 from tests.conftest import compose_config
 
@@ -32,10 +32,8 @@ PLATFORMS = sorted(PAPER_BASES)
 
 def counted(guideline: str, base: int, size: int = SIZE) -> list[tuple[str, int, int]]:
     """(setting, FLOPs, MAC bytes) of each row, one block (every row stacks the same number of blocks)."""
-    return [
-        (s.name, count_macs(s.network, s.input_shape).flops, memory_access_cost(s.network, s.input_shape).total)
-        for s in settings(guideline, base, size, blocks=1)
-    ]
+    counts = [(s.name, count_macs(s.network, s.input_shape)) for s in settings(guideline, base, size, blocks=1)]
+    return [(name, macs.flops, macs.mac_bytes) for name, macs in counts]
 
 
 def test_paper_channel_settings():
@@ -190,6 +188,15 @@ def test_preset_runs_through_the_profile_task(tmp_path, capsys):
 
 def fake_throughput(net, batch_size, input_shape, runs, warmup):
     return SimpleNamespace(images_per_s=100.0)
+
+
+def test_lnrepro_train_refuses_the_guideline_keys_in_one_line(make_train_cfg):
+    """They are the experiment's keys in the profile group, not profile settings: a fit has no guideline tables."""
+    from lnrepro.errors import UserInputError
+    from lnrepro.tasks import train
+
+    with pytest.raises(UserInputError, match="profile.guideline is not a profile setting"):
+        train(make_train_cfg("experiment=shufflenetv2_guidelines"))
 
 
 def test_run_guidelines_reports_every_timing_of_every_table(monkeypatch):

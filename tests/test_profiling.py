@@ -20,7 +20,6 @@ from lnrepro.profiling import (
     inference_peak_memory,
     inference_throughput,
     latency,
-    memory_access_cost,
     training_peak_memory,
     training_throughput,
 )
@@ -49,7 +48,7 @@ def test_single_conv_counts():
     macs = count_macs(conv, SIZE)
     assert macs.macs == macs.conv_macs == 32 * 16 * 9 * PIXELS  # the bias adds are not multiply-adds
     assert macs.flops == 2 * macs.macs
-    assert memory_access_cost(conv, SIZE).total == (16 * PIXELS + 32 * PIXELS + weights) * BYTES
+    assert macs.mac_bytes == (16 * PIXELS + 32 * PIXELS + weights) * BYTES
 
 
 def test_depthwise_separable_counts():
@@ -61,12 +60,12 @@ def test_depthwise_separable_counts():
     )
     macs = count_macs(block, SIZE)
     assert macs.macs == macs.conv_macs == (depthwise + pointwise) * PIXELS  # BN/ReLU are not counted
-    cost = memory_access_cost(block, SIZE)
-    assert cost.per_layer == {
+    per_layer = {layer.name: layer.mac_bytes for layer in macs.layers if layer.mac_bytes}
+    assert per_layer == {
         "0.0": (16 * PIXELS + 16 * PIXELS + depthwise) * BYTES,
         "1.0": (16 * PIXELS + 32 * PIXELS + pointwise) * BYTES,
     }
-    assert cost.total == sum(cost.per_layer.values())
+    assert macs.mac_bytes == sum(per_layer.values())
 
 
 def test_ghost_module_counts():
@@ -75,7 +74,8 @@ def test_ghost_module_counts():
     params = count_parameters(ghost)
     assert (params.total, params.conv) == (primary + cheap + batchnorms, primary + cheap)
     assert count_macs(ghost, SIZE).macs == count_macs(ghost, SIZE).conv_macs == (primary + cheap) * PIXELS
-    assert memory_access_cost(ghost, SIZE).total == ((16 + 16) * PIXELS + primary + (16 + 16) * PIXELS + cheap) * BYTES
+    expected = ((16 + 16) * PIXELS + primary + (16 + 16) * PIXELS + cheap) * BYTES
+    assert count_macs(ghost, SIZE).mac_bytes == expected
 
 
 def test_mobilenet_v2_matches_the_published_300m_multiply_adds():
@@ -115,6 +115,41 @@ def test_peak_memory_is_positive_and_grows_with_the_batch():
     assert 0 < small < large
     # Training keeps activations, gradients and momentum: more than inference at the same batch.
     assert large > inference_peak_memory(net, 64, 16).peak_mib
+
+
+def test_profile_settings_are_declared_once_by_the_profile_group(tmp_path):
+    """conf/profile/default.yaml is the one declaration of the defaults: every key of the composed group is a
+    setting, and settings made in plain Python start from the same values."""
+    import dataclasses
+
+    from lnrepro.profiling import ProfileSettings
+
+    composed = compose_config("profile", tmp_path, []).profile
+    assert set(composed) == {field.name for field in dataclasses.fields(ProfileSettings)}
+    defaults = ProfileSettings.from_config()
+    assert ProfileSettings.from_config(composed) == defaults
+    assert ProfileSettings.from_config({"runs": 7}) == dataclasses.replace(defaults, runs=7)
+
+
+def test_measured_metrics_from_plain_python_needs_no_settings_and_no_hydra():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys, torch\n"
+        "from lnrepro.profiling import measured_metrics\n"
+        "net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),"
+        " torch.nn.Linear(4, 10))\n"
+        "metrics = measured_metrics(net, 8)\n"
+        "assert 'hydra' not in sys.modules\n"
+        "print(sorted(key for key in metrics if key.startswith('infer/')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    timed = result.stdout.strip().splitlines()[-1]  # the declared default runtimes, each timed
+    assert timed == str(["infer/eager_imgs_per_s", "infer/onnxruntime_imgs_per_s", "infer/onnxruntime_int8_imgs_per_s"])
 
 
 PROFILE_FAST = [

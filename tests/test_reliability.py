@@ -29,8 +29,8 @@ from omegaconf import OmegaConf
 
 from lnrepro.tasks import train
 from lnrepro.tasks.common import run_task
+from lnrepro.tasks.instantiate import instantiate
 from lnrepro.training.checkpoint_io import AtomicCheckpointIO
-from lnrepro.utils.instantiate import instantiate
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,16 +19,10 @@ from torch import nn
 
 from lnrepro.errors import UserInputError
 from lnrepro.models import build_model
-from lnrepro.profiling import runtimes
-from lnrepro.profiling.runtimes import (
-    RUNTIMES,
-    contended,
-    cpu_features,
-    cpu_pressure,
-    measure_runtime,
-    prepare,
-    runtime_accuracy,
-)
+from lnrepro.profiling import cpu, runtimes
+from lnrepro.profiling.cpu import contended, cpu_features, cpu_pressure
+from lnrepro.profiling.runtimes import measure_runtime, prepare, runtime_accuracy
+from lnrepro.schema import RUNTIMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,8 +95,8 @@ def test_cpu_pressure_and_contended():
     assert not contended(2.0, 2.5, None)
     assert contended(2.0, 3.5, None)  # p90 / median 1.75: unsteady passes
     assert not contended(0.032, 0.050, None)  # as unsteady, but by 18 microseconds: jitter
-    assert not contended(2.0, 2.5, runtimes.PRESSURE_THRESHOLD - 1)
-    assert contended(2.0, 2.5, runtimes.PRESSURE_THRESHOLD + 1)
+    assert not contended(2.0, 2.5, cpu.PRESSURE_THRESHOLD - 1)
+    assert contended(2.0, 2.5, cpu.PRESSURE_THRESHOLD + 1)
 
 
 # --- refusals ----------------------------------------------------------------------------------------------------
@@ -345,16 +339,12 @@ def test_every_runtime_on_shufflenet_v2(tmp_path):
 
 
 def test_bf16_on_a_cpu_without_bf16_units_is_refused_unless_forced(make_train_cfg, monkeypatch):
-    import pytest
-
-    from lnrepro.errors import UserInputError
-    from lnrepro.profiling import runtimes
     from lnrepro.tasks.train import check_precision
 
-    monkeypatch.setattr(runtimes, "cpu_features", lambda: {"model": "an AVX2-only CPU", "bf16": False})
+    monkeypatch.setattr(cpu, "cpu_features", lambda: {"model": "an AVX2-only CPU", "bf16": False})
     with pytest.raises(UserInputError, match="no bf16 units"):
         check_precision(make_train_cfg("trainer.precision=bf16-mixed"))
     check_precision(make_train_cfg("trainer.precision=bf16-mixed", "force_precision=true"))
     check_precision(make_train_cfg("trainer.precision=32-true"))
-    monkeypatch.setattr(runtimes, "cpu_features", lambda: {"model": "a Xeon with AMX", "bf16": True})
+    monkeypatch.setattr(cpu, "cpu_features", lambda: {"model": "a Xeon with AMX", "bf16": True})
     check_precision(make_train_cfg("trainer.precision=bf16-mixed"))

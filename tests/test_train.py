@@ -226,3 +226,29 @@ def test_compiled_module_keeps_plain_state_dict_keys_and_an_uncompiled_net():
     images = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(compiled(images), plain(images))
+
+
+@pytest.mark.parametrize(
+    "switch",
+    [
+        # the default callbacks hold a RichProgressBar, which Lightning refuses beside enable_progress_bar=False
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_checkpointing=false",
+        "~logger",  # no logger: the default callbacks' LearningRateMonitor has nothing to log to
+        "logger=none",
+        "callbacks=none",
+    ],
+)
+def test_trainer_callback_and_logger_switches_work_as_they_read(tmp_path, switch):
+    from tests.conftest import FAST, SYNTHETIC, compose_config
+
+    # FAST turns the bar off; the default callbacks keep their progress bar (make_train_cfg would remove it)
+    cfg = compose_config("train", tmp_path, [*FAST, *SYNTHETIC, "model.width=0.5", switch])
+    metrics = train(cfg)
+    assert 0.0 <= read_metrics(cfg)["test/acc"] <= 1.0 and metrics["epochs"] == 1
+    checkpoints = {path.name for path in tmp_path.rglob("*.ckpt")}
+    if switch == "trainer.enable_checkpointing=false":
+        assert checkpoints == set() and metrics["test/ckpt_path"] is None  # tested on the fit's last weights
+    elif switch != "callbacks=none":  # (without lnrepro's callbacks, Lightning checkpoints as it does by default)
+        assert "last.ckpt" in checkpoints
+    assert (tmp_path / "csv").exists() == (switch not in ("~logger", "logger=none"))

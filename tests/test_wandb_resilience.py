@@ -139,7 +139,7 @@ def test_a_resumed_run_continues_its_wandb_run(make_train_cfg, tmp_path):
 
 
 def test_the_configured_run_id_wins_over_the_checkpoint(make_train_cfg):
-    from lnrepro.utils.instantiate import instantiate_loggers
+    from lnrepro.tasks.instantiate import instantiate_loggers
 
     checkpoint = {"state_dict": {}, "callbacks": {"WandbRunId": {"run_id": "fromckpt"}}}
     (logger,) = instantiate_loggers(make_train_cfg("logger=wandb").logger, checkpoint=checkpoint)

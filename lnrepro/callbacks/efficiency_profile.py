@@ -11,37 +11,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
 from lnrepro import schema
+from lnrepro.loggers import publish, wandb_loggers
 from lnrepro.profiling import ProfileSettings, count_macs, measured_metrics, static_metrics, synchronize
 from lnrepro.profiling.context import input_shape, shape_text
 from lnrepro.profiling.measure import LAYER_COLUMNS, layer_rows
 from lnrepro.profiling.memory import MIB
 
 log = logging.getLogger(__name__)
-
-
-def wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
-    return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-
-
-def publish(trainer: pl.Trainer, values: dict[str, Any], save: bool = False) -> None:
-    """Send `values` to every logger: numbers through `log_metrics` at the current step; W&B's summary gets
-    everything (its summary is what a W&B table of runs shows). Rank 0 only. `save`: write the loggers' files
-    now (after the fit, when Lightning no longer does)."""
-    if not trainer.is_global_zero:
-        return
-    numbers = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if numbers:
-        for logger in trainer.loggers:
-            logger.log_metrics(numbers, step=trainer.global_step)
-    for logger in wandb_loggers(trainer):
-        logger.experiment.summary.update(values)
-    if save:
-        for logger in trainer.loggers:
-            logger.save()
 
 
 class EfficiencyProfile(pl.Callback):

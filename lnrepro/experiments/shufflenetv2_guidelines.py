@@ -28,7 +28,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -465,9 +465,18 @@ def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(parts)
 
 
-def profile_guidelines(settings: ProfileSettings, output_dir: Path) -> dict[str, Any]:
-    """ShuffleNet V2's four guideline benchmarks (conf/experiment/shufflenetv2_guidelines.yaml): one table each,
-    printed and written to guidelines.md and guidelines.csv in the run directory; returns {guideline: rows}."""
+#: This experiment's keys in the `profile` config node, set by conf/experiment/shufflenetv2_guidelines.yaml (which
+#: documents them): `guidelines`, the tables to run, and `guideline`, their options (`run_guideline`'s keyword
+#: arguments). They are not `ProfileSettings`: lnrepro-profile takes them out of the node and hands them here.
+CONFIG_KEYS = ("guidelines", "guideline")
+
+
+def profile_guidelines(
+    guidelines: Sequence[str], options: Mapping[str, Any], settings: ProfileSettings, output_dir: Path
+) -> dict[str, Any]:
+    """ShuffleNet V2's guideline benchmarks `guidelines` (conf/experiment/shufflenetv2_guidelines.yaml) with
+    `options` (`profile.guideline`) on `settings.device`, timed with `settings.runs` and `settings.warmup`: one table
+    each, printed and written to guidelines.md and guidelines.csv in the run directory; returns {guideline: rows}."""
     from lnrepro.utils.progress import measurement_progress
 
     # One transient bar over every timing (rows x rounds of each table), on a terminal only.
@@ -484,10 +493,10 @@ def profile_guidelines(settings: ProfileSettings, output_dir: Path) -> dict[str,
         bar.update(task, description=f"benchmarking {guideline.upper()}", completed=done, total=total, refresh=True)
 
     # Options left unset (null) take run_guideline's defaults, the paper's settings.
-    options = {key: value for key, value in settings.guideline.items() if value is not None}
+    options = {key: value for key, value in options.items() if value is not None}
     with bar:
         tables = run_guidelines(
-            settings.guidelines,
+            list(guidelines),
             progress=progress,
             device=settings.device,
             runs=settings.runs,

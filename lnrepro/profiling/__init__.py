@@ -11,12 +11,10 @@ from lnrepro.profiling.context import measurement_context, synchronize
 from lnrepro.profiling.counts import (
     LayerCost,
     MacCount,
-    MemoryAccessCost,
     ParameterCount,
     count_macs,
     count_parameters,
     evaluation_mode,
-    memory_access_cost,
 )
 from lnrepro.profiling.measure import ProfileSettings, measured_metrics, profile_model, static_metrics
 from lnrepro.profiling.memory import PeakMemory, inference_peak_memory, training_peak_memory
@@ -26,7 +24,6 @@ __all__ = [
     "LayerCost",
     "Latency",
     "MacCount",
-    "MemoryAccessCost",
     "ParameterCount",
     "PeakMemory",
     "ProfileSettings",
@@ -39,7 +36,6 @@ __all__ = [
     "latency",
     "measured_metrics",
     "measurement_context",
-    "memory_access_cost",
     "profile_model",
     "static_metrics",
     "synchronize",

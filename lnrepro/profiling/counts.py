@@ -78,7 +78,10 @@ class MacCount:
 
     @property
     def mac_bytes(self) -> int:
-        """Memory access cost of the whole pass, in bytes (see `MemoryAccessCost`), at the model's element size."""
+        """Memory access cost of the whole pass, in bytes, at the model's element size (ShuffleNet V2, Sec. 2, G1):
+        for every nn.Conv2d and nn.Linear layer, the elements of its input feature map + its output feature map + its
+        weights and bias. Other layers (BatchNorm, activations, pooling, concatenation, shuffles) are not counted, as
+        in the paper; each layer's share is its row's `mac_bytes`."""
         return sum(layer.mac_bytes for layer in self.layers)
 
 
@@ -182,21 +185,3 @@ def count_macs(model: nn.Module, input_size: InputSize) -> MacCount:
         layers.append(LayerCost("(functional)", "-", total - in_layers, 0, ()))
     conv = sum(layer.macs for layer in layers if layer.is_conv)
     return MacCount(macs=total, conv_macs=conv, layers=layers)
-
-
-@dataclass(frozen=True)
-class MemoryAccessCost:
-    """Memory access cost for one image, in bytes (ShuffleNet V2, Sec. 2, G1): for every nn.Conv2d and
-    nn.Linear layer, the elements of its input feature map + its output feature map + its weights and bias,
-    times `bytes_per_element`. Other layers (BatchNorm, activations, pooling, concatenation, shuffles) are not
-    counted, as in the paper. `per_layer` maps each counted layer's name to its bytes, in forward order."""
-
-    total: int
-    per_layer: dict[str, int]
-
-
-def memory_access_cost(model: nn.Module, input_size: InputSize, bytes_per_element: int = 4) -> MemoryAccessCost:
-    """See `MemoryAccessCost`; 4 bytes per element is fp32 (2 for fp16/bf16)."""
-    _, layers = _profile_layers(model, input_size, bytes_per_element)
-    per_layer = {layer.name: layer.mac_bytes for layer in layers if layer.mac_bytes}
-    return MemoryAccessCost(total=sum(per_layer.values()), per_layer=per_layer)

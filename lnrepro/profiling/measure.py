@@ -8,17 +8,20 @@ entry point (`lnrepro-profile`), so a batch size or thread count set once holds 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 import torch
 from torch import nn
 
 from lnrepro import schema
-from lnrepro.errors import UserInputError
+from lnrepro.errors import UserInputError, check_integer
 from lnrepro.profiling.context import InputSize, input_shape, measurement_context, shape_text
 from lnrepro.profiling.counts import MacCount, count_macs, count_parameters
 from lnrepro.profiling.memory import inference_peak_memory, training_peak_memory
@@ -27,29 +30,35 @@ from lnrepro.profiling.timing import training_throughput
 
 log = logging.getLogger(__name__)
 
-#: What a profile measures unless `profile.runtimes` says otherwise (see conf/profile/default.yaml for the cost).
-DEFAULT_RUNTIMES = ("eager", "onnxruntime", "onnxruntime_int8")
+
+@functools.cache
+def _declared_defaults() -> dict[str, Any]:
+    from omegaconf import OmegaConf  # a dependency of the package; imported only when settings are first made
+
+    text = (files("lnrepro.conf") / "profile" / "default.yaml").read_text(encoding="utf-8")
+    return OmegaConf.to_container(OmegaConf.create(text))
 
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    """The `profile` config group (conf/profile/default.yaml documents each field)."""
+    """The `profile` config group. Its defaults, and what each setting means, are declared once, in
+    conf/profile/default.yaml (shipped in the package as `lnrepro.conf`): `from_config` starts from that file, so
+    plain Python (`measured_metrics(model, 32)`, `ProfileSettings.from_config({"runs": 100})`) measures what
+    `lnrepro-profile` measures, without Hydra. Build settings with `from_config`; the fields have no defaults here."""
 
-    device: str = "cpu"  # lnrepro-profile only; the end-of-fit profile measures where the network trained
-    batch_size: int = 64  # throughput and peak memory (latency is always batch 1)
-    runs: int = 50  # timed batch-1 passes for latency
-    throughput_runs: int = 10  # timed batches for throughput
-    warmup: int = 5  # untimed passes before timing
-    threads: int | None = None  # torch CPU threads while measuring (None: as they are)
-    runtimes: list[str] = field(default_factory=lambda: list(DEFAULT_RUNTIMES))  # latency/throughput in each
-    calibration_images: int = 64  # training images that calibrate onnxruntime_int8's activation ranges
-    train: bool = True  # training peak memory, and (lnrepro-profile) training throughput
-    memory: bool = True
-    layers: bool = False  # lnrepro-profile prints the per-layer table
-    flop_conventions: bool = False  # lnrepro-profile: multiply-adds counted the ways papers count them
-    end_of_fit: bool = True  # train.py: measure the trained network after the fit
-    guidelines: list[str] | None = None  # lnrepro-profile: ShuffleNet V2's guideline benchmarks instead
-    guideline: dict[str, Any] = field(default_factory=dict)  # their options
+    device: str  # lnrepro-profile only; the end-of-fit profile measures where the network trained
+    batch_size: int  # throughput and peak memory (latency is always batch 1)
+    runs: int  # timed batch-1 passes for latency
+    throughput_runs: int  # timed batches for throughput
+    warmup: int  # untimed passes before timing
+    threads: int | None  # torch CPU threads while measuring (None: as they are)
+    runtimes: list[str]  # latency/throughput in each
+    calibration_images: int  # training images that calibrate onnxruntime_int8's activation ranges
+    train: bool  # training peak memory, and (lnrepro-profile) training throughput
+    memory: bool
+    layers: bool  # lnrepro-profile prints the per-layer table
+    flop_conventions: bool  # lnrepro-profile: multiply-adds counted the ways papers count them
+    end_of_fit: bool  # train.py: measure the trained network after the fit
 
     def __post_init__(self) -> None:
         for name, least in (
@@ -59,13 +68,8 @@ class ProfileSettings:
             ("warmup", 0),
             ("calibration_images", 1),
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise UserInputError(f"profile.{name}={value!r} is not possible: use an integer >= {least}")
-        if self.threads is not None and (
-            not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1
-        ):
-            raise UserInputError(f"profile.threads={self.threads!r} is not possible: use null or an integer >= 1")
+            check_integer(f"profile.{name}", getattr(self, name), least)
+        check_integer("profile.threads", self.threads, 1, none_allowed=True)
         unknown = [runtime for runtime in self.runtimes if runtime not in RUNTIMES]
         if unknown:
             raise UserInputError(f"profile.runtimes: unknown runtime {unknown[0]!r}; choose from {', '.join(RUNTIMES)}")
@@ -76,26 +80,22 @@ class ProfileSettings:
             check_runtime(runtime, device)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> ProfileSettings:
-        """From the `profile` config node (a DictConfig or dict); an unknown key is refused in one line."""
-        if config is None:
-            return cls()
-        if not isinstance(config, Mapping):
+    def from_config(cls, config: Mapping[str, Any] | None = None) -> ProfileSettings:
+        """The declared defaults with the values of `config` (the `profile` config node, a DictConfig or dict, or
+        some of its keys; None: the defaults alone). An unknown key is refused in one line."""
+        if config is not None and not isinstance(config, dict):
             from omegaconf import OmegaConf  # only when a DictConfig can have come in
 
-            config = OmegaConf.to_container(config, resolve=True)
-        values = dict(config)
+            config = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
+        values = {**copy.deepcopy(_declared_defaults()), **(config or {})}
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - fields)
         if unknown:
             raise UserInputError(
                 f"profile.{unknown[0]} is not a profile setting; the settings are: {', '.join(sorted(fields))}"
             )
-        values["guidelines"] = list(values["guidelines"]) if values.get("guidelines") else None
-        values["guideline"] = dict(values.get("guideline") or {})
-        if "runtimes" in values:
-            runtimes = values["runtimes"]
-            values["runtimes"] = [] if runtimes is None else [runtimes] if isinstance(runtimes, str) else list(runtimes)
+        runtimes = values["runtimes"]
+        values["runtimes"] = [] if runtimes is None else [runtimes] if isinstance(runtimes, str) else list(runtimes)
         return cls(**values)
 
 
@@ -169,7 +169,7 @@ def measured_metrics(
     - peak memory of inference and, with `train`, of training (`memory/peak_mib` is training's peak when
       measured, else inference's); with `train` and `training_speed`, training throughput (a fit passes False:
       it measured its own)."""
-    settings = settings or ProfileSettings()
+    settings = settings or ProfileSettings.from_config()
     batch, runs, warmup = settings.batch_size, settings.throughput_runs, min(settings.warmup, 2)
     metrics: dict[str, Any] = {}
     if calibration is None and settings.runtimes:  # made once, not once per runtime

@@ -7,11 +7,10 @@ measures any `nn.Module`, trained or not, in each of `RUNTIMES` the same way:
 - `prepare(runtime, model, input_size)` builds a `Runner`: a callable from a float NCHW batch (normalised exactly
   as eager sees it) to logits as a torch tensor, with `facts` (preparation seconds, the largest logit difference
   from eager, compile-cache state, quantisation settings) under their metrics.json names.
-- `measure_runtime(...)` times one runner at batch 1 (median and p90 latency) and at the throughput batch, and says
-  whether the figures look contended (`cpu_pressure`, `contended`).
+- `measure_runtime(...)` times one runner at batch 1 (median and p90 latency) and at the throughput batch with
+  `lnrepro.profiling.timing`'s `latency` and `inference_throughput`, the same functions that time eager PyTorch, and
+  records the CPU and whether the figures look contended (`lnrepro.profiling.cpu`).
 - `runtime_accuracy(runner, batches)` is top-1 accuracy of a runner, for `test/acc_<runtime>`.
-- `cpu_features()` names the CPU and the instruction-set extensions the figures depend on (int8 speed and
-  accuracy depend on VNNI; bf16 on AVX512-BF16/AMX). Figures from different CPUs are not comparable.
 
 Every runtime except `eager` runs a frozen copy of the network as it was when prepared (an export, or a compiled
 deep copy), so the caller's network is never compiled, exported in place or switched to another mode for good.
@@ -38,18 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lnrepro.errors import UserInputError
-from lnrepro.profiling.context import (
-    InputSize,
-    input_shape,
-    model_device,
-    model_dtype,
-    percentile,
-    random_input,
-    synchronize,
-)
+from lnrepro.errors import UserInputError, check_integer
+from lnrepro.profiling.context import InputSize, input_shape, model_device, model_dtype, random_input, synchronize
 from lnrepro.profiling.counts import evaluation_mode
-from lnrepro.profiling.timing import time_calls
+from lnrepro.profiling.cpu import contended, cpu_features, cpu_pressure
+from lnrepro.profiling.timing import inference_throughput, latency
 from lnrepro.schema import RUNTIMES
 
 #: The packages each runtime imports (module name = the pip distribution name for both). The TorchScript ONNX
@@ -59,76 +51,9 @@ _PACKAGES = {"onnxruntime": ("onnxruntime",), "onnxruntime_int8": ("onnxruntime"
 #: ONNX opset of the exports (17: every operator the zoo uses, supported by ONNX Runtime 1.18 and later).
 OPSET = 17
 
-#: `/proc/pressure/cpu` "some avg10" (percent) above which a figure is flagged as contended. PSI "some" is the share
-#: of wall time during which at least one runnable task waited for a CPU (avg10: an exponentially weighted average
-#: over about the last 10 s, so it covers a batch-1 timing of a few seconds). A measurement that uses as many threads
-#: as there are free cores makes nobody wait; above 10 % a competitor wanted a core for a tenth of the window, which
-#: is enough to move a batch-1 median of a few milliseconds (and with two OpenMP threads on two cores, one thread
-#: descheduled stalls the other at every barrier). A judgement, not a calibrated limit: on 2026-11-30 the shared
-#: 2-core machines read ~8 % beside one light process and 96-99 % while other engineers' test suites ran.
-PRESSURE_THRESHOLD = 10.0
-
-#: p90 / median above which the timed passes were not steady (a competitor took the cores for part of them), when
-#: p90 - median also exceeds `SPREAD_FLOOR_MS`: below that the spread is timer and thread wake-up jitter, which makes
-#: tens-of-microsecond timings (ONNX Runtime on a tiny net: median 0.032 ms, p90 0.050 ms at PSI 0.1 %) look unsteady.
-SPREAD_THRESHOLD = 1.5
-SPREAD_FLOOR_MS = 0.1
-
 #: Images per calibration batch fed to ONNX Runtime (MinMax calibration takes the min/max over all batches, so the
 #: split changes memory only, not the result).
 _CALIBRATION_BATCH = 32
-
-
-# --- the CPU -------------------------------------------------------------------------------------------------------
-def cpu_features() -> dict[str, Any]:
-    """The CPU model name (/proc/cpuinfo, else `platform.processor()`) and whether it has AVX2, AVX-512
-    (avx512f), VNNI (avx512_vnni or avx_vnni: fast int8 dot products, and no U8S8 saturation), AMX
-    (amx_tile/amx_int8/amx_bf16) and bf16 arithmetic (avx512_bf16 or amx_bf16)."""
-    model, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and not model:
-                model = value.strip()
-            elif key in ("flags", "Features") and not flags:  # x86 / ARM spelling
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {
-        "model": model or platform.processor() or platform.machine(),
-        "avx2": "avx2" in flags,
-        "avx512": "avx512f" in flags,
-        "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}),
-        "amx": bool(flags & {"amx_tile", "amx_int8", "amx_bf16"}),
-        "bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
-    }
-
-
-def cpu_has_vnni() -> bool:
-    return cpu_features()["vnni"]
-
-
-def cpu_pressure() -> float | None:
-    """The `some avg10` value of /proc/pressure/cpu (percent of the last ~10 s during which a runnable task waited
-    for a CPU), or None where the kernel has no pressure stall information (not Linux, or PSI off)."""
-    try:
-        for line in Path("/proc/pressure/cpu").read_text().splitlines():
-            if line.startswith("some"):
-                match = re.search(r"avg10=([0-9.]+)", line)
-                return float(match.group(1)) if match else None
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def contended(median: float, p90: float, pressure: float | None) -> bool:
-    """Whether a timing (milliseconds) looks disturbed by other work: the 90th percentile above `SPREAD_THRESHOLD` x
-    the median and more than `SPREAD_FLOOR_MS` above it (the passes were not steady), or CPU pressure above
-    `PRESSURE_THRESHOLD` percent (others waited for the cores while it ran, so it waited too). A False is no proof
-    of a quiet machine, a True is a reason to measure again."""
-    unsteady = median > 0 and p90 / median > SPREAD_THRESHOLD and p90 - median > SPREAD_FLOOR_MS
-    return unsteady or (pressure is not None and pressure > PRESSURE_THRESHOLD)
 
 
 # --- checks before any work ----------------------------------------------------------------------------------------
@@ -465,7 +390,8 @@ def _prepare_onnx(
         path = folder / "model.onnx"
         facts[f"{runtime}/export_s"] = _export_onnx(model, input_size, path)
         if runtime == "onnxruntime_int8":
-            reduce_range = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and not cpu_has_vnni()
+            x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+            reduce_range = x86 and not cpu_features()["vnni"]
             start = time.perf_counter()
             _quantize(path, folder / "model.int8.onnx", calibration, reduce_range)
             facts[f"{runtime}/quantize_s"] = time.perf_counter() - start
@@ -498,10 +424,10 @@ def measure_runtime(
     - `prepare/<runtime>_s`: seconds from nothing to a runner that has run once at batch 1 and once at
       `batch_size` (export, quantisation, compilation of both shapes, session creation, lazy initialisation):
       what adding this runtime to a profile costs.
-    - `latency/<runtime>_ms`, `latency/<runtime>_p90_ms`: median and 90th percentile of `runs` timed batch-1
-      passes after `warmup` untimed ones (time.perf_counter, device synchronised after each pass).
-    - `infer/<runtime>_imgs_per_s`: `batch_size` x `throughput_runs` images over the summed time of as many timed
-      passes at `batch_size`, after min(warmup, 2) untimed ones (as `measured_metrics` does).
+    - `latency/<runtime>_ms`, `latency/<runtime>_p90_ms`: `lnrepro.profiling.timing.latency` of the runner, the
+      median and 90th percentile of `runs` timed batch-1 passes after `warmup` untimed ones.
+    - `infer/<runtime>_imgs_per_s`: `lnrepro.profiling.timing.inference_throughput` of the runner, `throughput_runs`
+      timed passes at `batch_size` after min(warmup, 2) untimed ones (as `measured_metrics` does).
     - `latency/<runtime>_cpu_pressure` (`cpu_pressure()` just after the batch-1 passes, None without PSI) and
       `latency/<runtime>_contended` (`contended(...)` of those passes).
     - the runner's facts (see `prepare`) and `cpu/<feature>` of `cpu_features()`;
@@ -514,8 +440,7 @@ def measure_runtime(
         ("throughput_runs", throughput_runs, 1),
         ("warmup", warmup, 0),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise UserInputError(f"{name}={value!r} is not possible: use an integer >= {least}")
+        check_integer(name, value, least)
     device = model_device(model)
     with evaluation_mode(model):
         one, batch = random_input(model, 1, input_size), random_input(model, batch_size, input_size)
@@ -525,17 +450,18 @@ def measure_runtime(
         runner(batch)
         synchronize(device)
         prepare_s = time.perf_counter() - start
-        ms = [1000 * s for s in time_calls(lambda: runner(one), device, runs, warmup)]
+        timed = latency(model, input_size, runs=runs, warmup=warmup, run=runner)
         pressure = cpu_pressure()
-        seconds = time_calls(lambda: runner(batch), device, throughput_runs, min(warmup, 2))
-    median, p90 = percentile(ms, 50), percentile(ms, 90)
+        speed = inference_throughput(
+            model, batch_size, input_size, runs=throughput_runs, warmup=min(warmup, 2), run=runner
+        )
     metrics: dict[str, Any] = {
         f"prepare/{runtime}_s": prepare_s,
-        f"latency/{runtime}_ms": median,
-        f"latency/{runtime}_p90_ms": p90,
-        f"infer/{runtime}_imgs_per_s": batch_size * throughput_runs / sum(seconds),
+        f"latency/{runtime}_ms": timed.median_ms,
+        f"latency/{runtime}_p90_ms": timed.p90_ms,
+        f"infer/{runtime}_imgs_per_s": speed.images_per_s,
         f"latency/{runtime}_cpu_pressure": pressure,
-        f"latency/{runtime}_contended": contended(median, p90, pressure),
+        f"latency/{runtime}_contended": contended(timed.median_ms, timed.p90_ms, pressure),
         **runner.facts,
     }
     if test_batches is not None:

@@ -2,7 +2,13 @@
 
 Every function runs on the device and in the dtype where the model's parameters are (pass `device` to move the
 model there first; `nn.Module.to` moves it in place). Timers read `time.perf_counter()` after synchronising the
-device, so queued GPU work is included. Inputs are random tensors made once, before timing.
+device, so queued GPU work is included. Inputs are random tensors made once, before timing. `latency` and
+`inference_throughput` time the model's own forward pass (eager PyTorch) or, given `run`, the same model prepared
+in another runtime (`lnrepro.profiling.runtimes`): one way of timing for every runtime.
+
+`torch.utils.benchmark.Timer` is not used: its measurements average blocks of calls, where a batch-1 latency needs
+every pass timed on its own for a median and a 90th percentile (the contention flag reads the p90), and it runs with
+its own thread count (1 unless told), where the profile's `threads` must hold for every runtime.
 """
 
 from __future__ import annotations
@@ -61,16 +67,34 @@ def time_calls(step: Callable[[], Any], device: torch.device, runs: int, warmup:
     return seconds
 
 
+#: What is timed on a batch of images: the model itself, or a runtime's runner of it (`runtimes.prepare`).
+Forward = Callable[[torch.Tensor], Any]
+
+
+def _forward_seconds(
+    model: nn.Module, batch_size: int, input_size: InputSize, runs: int, warmup: int, run: Forward | None
+) -> list[float]:
+    """Seconds of each of `runs` passes of `run` (default: the model's forward) on one random batch, in eval mode
+    under no_grad, after `warmup` passes; the model's train/eval mode is restored."""
+    images = random_input(model, batch_size, input_size)
+    forward = run or model
+    with evaluation_mode(model):
+        return time_calls(lambda: forward(images), model_device(model), runs, warmup)
+
+
 def latency(
-    model: nn.Module, input_size: InputSize, device: torch.device | str | None = None, runs: int = 50, warmup: int = 5
+    model: nn.Module,
+    input_size: InputSize,
+    device: torch.device | str | None = None,
+    runs: int = 50,
+    warmup: int = 5,
+    run: Forward | None = None,
 ) -> Latency:
     """Inference latency of one image (batch 1): median and 90th percentile over `runs` forward passes in eval
-    mode under no_grad, after `warmup` passes, in milliseconds. The model's train/eval mode is restored."""
+    mode under no_grad, after `warmup` passes, in milliseconds. The model's train/eval mode is restored. `run`:
+    what is timed instead of the model's forward, e.g. the model prepared in another runtime."""
     model = _placed(model, device)
-    images = random_input(model, 1, input_size)
-    with evaluation_mode(model):
-        seconds = time_calls(lambda: model(images), model_device(model), runs, warmup)
-    ms = [1000 * s for s in seconds]
+    ms = [1000 * s for s in _forward_seconds(model, 1, input_size, runs, warmup, run)]
     return Latency(percentile(ms, 50), percentile(ms, 90), runs, measurement_context(model, 1, input_size))
 
 
@@ -81,13 +105,12 @@ def inference_throughput(
     device: torch.device | str | None = None,
     runs: int = 10,
     warmup: int = 2,
+    run: Forward | None = None,
 ) -> Throughput:
     """Images per second of forward passes at `batch_size` in eval mode under no_grad: batch_size x runs
-    images over the summed time of the `runs` timed passes (after `warmup` passes)."""
+    images over the summed time of the `runs` timed passes (after `warmup` passes). `run`: as for `latency`."""
     model = _placed(model, device)
-    images = random_input(model, batch_size, input_size)
-    with evaluation_mode(model):
-        seconds = time_calls(lambda: model(images), model_device(model), runs, warmup)
+    seconds = _forward_seconds(model, batch_size, input_size, runs, warmup, run)
     return Throughput(batch_size * runs / sum(seconds), measurement_context(model, batch_size, input_size))
 
 

@@ -1,4 +1,5 @@
-"""What every task shares: one-line errors and Hydra run facts (metrics.json: `lnrepro.schema`)."""
+"""What every task shares: one-line errors, Hydra's run facts and the facts that name a run in metrics.json
+(`lnrepro.schema`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lnrepro.errors import USER_FACING_ERRORS, ResourceExhaustedError
+from lnrepro import schema
+from lnrepro.errors import USER_FACING_ERRORS, ResourceExhaustedError, print_error
 from lnrepro.schema import multirun_group
 
 log = logging.getLogger("lnrepro")
@@ -44,6 +46,19 @@ def hydra_multirun_name() -> str | None:
     if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
         return None
     return multirun_group(hydra_cfg.sweep.dir)
+
+
+def run_facts(cfg: DictConfig) -> dict[str, Any]:
+    """What a report needs to name the run, next to its numbers."""
+    return {
+        schema.MODEL: cfg.model.get("name"),
+        schema.WIDTH: cfg.model.get("width"),
+        schema.CONV: cfg.model.get("conv"),
+        schema.GROUPS: cfg.model.get("groups"),
+        schema.STEM: cfg.model.get("stem"),
+        schema.DATA: cfg.data.get("name"),
+        schema.SEED: cfg.get("seed"),
+    }
 
 
 def _chain(error: BaseException | None) -> Iterator[BaseException]:
@@ -189,5 +204,4 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
                 if error is raised:
                     raise
                 raise error from raised
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(print_error(error))

@@ -8,14 +8,14 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro import schema
-from lnrepro.callbacks.efficiency_profile import publish
+from lnrepro.loggers import publish
 from lnrepro.profiling import ProfileSettings
 from lnrepro.runs import load_run
 from lnrepro.schema import write_metrics
-from lnrepro.tasks.common import hydra_config, log
-from lnrepro.tasks.train import run_facts, runtime_figures
+from lnrepro.tasks.common import hydra_config, log, run_facts
+from lnrepro.tasks.deployment import runtime_figures
+from lnrepro.tasks.instantiate import close_loggers, instantiate, instantiate_loggers
 from lnrepro.training import ClassificationModule
-from lnrepro.utils.instantiate import close_loggers, instantiate, instantiate_loggers
 from lnrepro.utils.tables import print_table
 
 # Only these parts of a stored run can be changed on eval's command line; the rest describes the trained weights.

@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lnrepro import schema
+from lnrepro.experiments import shufflenetv2_guidelines
 from lnrepro.profiling import MacCount, ProfileSettings, count_macs, profile_model
 from lnrepro.profiling.context import shape_text
 from lnrepro.schema import write_metrics
-from lnrepro.tasks.common import log
-from lnrepro.tasks.train import run_facts
-from lnrepro.utils.instantiate import instantiate
+from lnrepro.tasks.common import log, run_facts
+from lnrepro.tasks.instantiate import instantiate
 from lnrepro.utils.progress import measurement_progress
 from lnrepro.utils.tables import print_table
 
@@ -150,16 +150,19 @@ def print_conventions(
 
 def profile(cfg: DictConfig) -> dict[str, Any]:
     """Measure `cfg.model` on `cfg.data`'s input as the `profile` config group says; write metrics.json; return
-    the row. With `profile.guidelines` set, run ShuffleNet V2's guideline micro-benchmarks instead."""
-    settings = ProfileSettings.from_config(cfg.profile)
+    the row. With `profile.guidelines` set (experiment=shufflenetv2_guidelines), run ShuffleNet V2's guideline
+    micro-benchmarks instead."""
+    node = OmegaConf.to_container(cfg.profile, resolve=True)
+    guidelines = {key: node.pop(key) for key in shufflenetv2_guidelines.CONFIG_KEYS if key in node}
+    settings = ProfileSettings.from_config(node)
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(cfg.get("seed") or 0)
-    if settings.guidelines:  # a paper experiment rather than a network: lnrepro/experiments
-        from lnrepro.experiments.shufflenetv2_guidelines import profile_guidelines
-
-        return profile_guidelines(settings, Path(cfg.paths.output_dir))
+    if guidelines.get("guidelines"):  # a paper experiment rather than a network: lnrepro/experiments
+        return shufflenetv2_guidelines.profile_guidelines(
+            guidelines["guidelines"], guidelines.get("guideline") or {}, settings, Path(cfg.paths.output_dir)
+        )
     net = instantiate(cfg.model).to(settings.device)
     input_size = (3, int(cfg.data.image_size), int(cfg.data.image_size))
     log.info("profiling %s on %s, input %s", cfg.model.name, settings.device, input_size)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +11,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro import schema
-from lnrepro.callbacks.efficiency_profile import publish
 from lnrepro.errors import UserInputError
-from lnrepro.profiling import ProfileSettings, measured_metrics
+from lnrepro.loggers import publish
+from lnrepro.profiling import ProfileSettings, cpu
 from lnrepro.schema import write_metrics
-from lnrepro.tasks.common import hydra_multirun_name, log
-from lnrepro.training import ClassificationModule, distributed
-from lnrepro.utils.checkpoint import check_matches, load_checkpoint
-from lnrepro.utils.instantiate import (
+from lnrepro.tasks.common import hydra_multirun_name, log, run_facts
+from lnrepro.tasks.deployment import check_calibration, runtime_figures
+from lnrepro.tasks.instantiate import (
+    callbacks_for_trainer,
     close_loggers,
     instantiate,
     instantiate_callbacks,
     instantiate_loggers,
     logger_callbacks,
 )
+from lnrepro.training import ClassificationModule, distributed
+from lnrepro.utils.checkpoint import check_matches, load_checkpoint
 from lnrepro.utils.rich_config import print_config_tree
 
 
@@ -40,19 +40,6 @@ def build_module(cfg: DictConfig, for_training: bool = True) -> ClassificationMo
         **OmegaConf.to_container(cfg.get("module", {}), resolve=True),
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
-
-
-def run_facts(cfg: DictConfig) -> dict[str, Any]:
-    """What a report needs to name the run, next to its numbers."""
-    return {
-        schema.MODEL: cfg.model.get("name"),
-        schema.WIDTH: cfg.model.get("width"),
-        schema.CONV: cfg.model.get("conv"),
-        schema.GROUPS: cfg.model.get("groups"),
-        schema.STEM: cfg.model.get("stem"),
-        schema.DATA: cfg.data.get("name"),
-        schema.SEED: cfg.get("seed"),
-    }
 
 
 def fit_and_test(
@@ -92,100 +79,19 @@ def fit_and_test(
     return metrics
 
 
-def calibration_source(datamodule: pl.LightningDataModule):
-    """The training images int8 calibrates on: `calibration_set` (the training images with the evaluation
-    transform) where the data module augments on the CPU, else its training set."""
-    if getattr(datamodule, "train_set", None) is None:
-        datamodule.setup("fit")  # our data modules set up once: fit will not read the data again
-    return getattr(datamodule, "calibration_set", None) or datamodule.train_set
-
-
-def check_calibration(settings: ProfileSettings, datamodule: pl.LightningDataModule) -> None:
-    """A calibration set larger than the training data is refused before anything is trained."""
-    if settings.end_of_fit and "onnxruntime_int8" in settings.runtimes and hasattr(datamodule, "train_set"):
-        available = len(calibration_source(datamodule))
-        if settings.calibration_images > available:
-            raise UserInputError(
-                f"profile.calibration_images={settings.calibration_images} is more than the "
-                f"{available} training images: use at most {available}"
-            )
-
-
 def check_precision(cfg: DictConfig) -> None:
     """bf16 on a CPU without bf16 units (AVX512-BF16 or AMX) is emulated, 10-30x slower than fp32: refused unless
     `force_precision=true`."""
     precision = str(cfg.trainer.get("precision", ""))
     on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
     if precision.startswith("bf16") and on_cpu and not cfg.get("force_precision", False):
-        from lnrepro.profiling.runtimes import cpu_features
-
-        cpu = cpu_features()
-        if not cpu.get("bf16"):
+        features = cpu.cpu_features()
+        if not features.get("bf16"):
             raise UserInputError(
-                f"trainer.precision={precision} on this CPU ({cpu.get('model')}) has no bf16 units "
+                f"trainer.precision={precision} on this CPU ({features.get('model')}) has no bf16 units "
                 f"and runs 10-30x slower than fp32: use trainer.precision=32-true, or "
                 f"force_precision=true to run it anyway"
             )
-
-
-def data_batches(datamodule: pl.LightningDataModule, loader, device: torch.device) -> Iterator[tuple]:
-    """(images, labels) of `loader` exactly as the network sees them in evaluation: moved to `device` and through
-    the data module's on-device step (normalisation, no augmentation outside training)."""
-    for batch in loader:
-        yield datamodule.on_after_batch_transfer(datamodule.transfer_batch_to_device(batch, device, 0), 0)
-
-
-def calibration_images(datamodule: pl.LightningDataModule, count: int, device: torch.device) -> torch.Tensor:
-    """`count` training images drawn at random (seeded) as the network sees them in evaluation: int8's
-    calibration set. Data modules whose training set is augmented on the CPU offer `calibration_set`, the same
-    images with the evaluation transform; in-memory ones augment on the device only while training."""
-    images = calibration_source(datamodule)
-    if count > len(images):
-        raise UserInputError(
-            f"profile.calibration_images={count} is more than the {len(images)} training images: "
-            f"use at most {len(images)}"
-        )
-    # A random sample, not the first images: folder datasets are sorted by class.
-    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count].sort().values
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(images, chosen.tolist()),
-        batch_size=min(count, 256),
-        collate_fn=getattr(datamodule, "collate_fn", None),
-    )
-    return torch.cat([batch_images for batch_images, _ in data_batches(datamodule, loader, device)])
-
-
-def runtime_figures(
-    settings: ProfileSettings, net: torch.nn.Module, image_size: int, datamodule: pl.LightningDataModule, tested: bool
-) -> dict[str, Any]:
-    """Latency and throughput of the trained network in each of `profile.runtimes`, calibrated on the run's
-    training images, and with `tested`, `test/acc_<runtime>` on the test split (the deployed accuracy beside
-    `test/acc`). A runtime that fails leaves `<runtime>/error`: the fit's results are kept whatever happens."""
-    if not settings.end_of_fit or not settings.runtimes:
-        return {}
-    device = next(net.parameters()).device
-    figures: dict[str, Any] = {}
-    calibration, runtimes = None, list(settings.runtimes)
-    if "onnxruntime_int8" in runtimes:
-        try:
-            calibration = calibration_images(datamodule, settings.calibration_images, device)
-        except UserInputError as error:  # int8 goes without; the other runtimes are still measured
-            log.warning("onnxruntime_int8 figures are missing: %s", error)
-            figures["onnxruntime_int8/error"] = str(error)
-            runtimes.remove("onnxruntime_int8")
-    test_batches = (lambda: data_batches(datamodule, datamodule.test_dataloader(), device)) if tested else None
-    figures.update(
-        measured_metrics(
-            net,
-            (3, image_size, image_size),
-            dataclasses.replace(settings, runtimes=runtimes, train=False, memory=False),
-            training_speed=False,
-            calibration=calibration,
-            test_batches=test_batches,
-            keep_going=True,
-        )
-    )
-    return figures
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -214,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"), multirun_group=hydra_multirun_name(), checkpoint=checkpoint)
     del checkpoint  # fit reads the file again: no second copy of the weights in memory meanwhile
-    callbacks += logger_callbacks(loggers)
+    callbacks = callbacks_for_trainer(callbacks + logger_callbacks(loggers), cfg.trainer, loggers)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     # data.batch_size is the global batch: each process gets its share
     scale = distributed.set_up_processes(trainer, datamodule, in_multirun=hydra_multirun_name() is not None)

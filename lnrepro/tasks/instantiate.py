@@ -1,4 +1,4 @@
-"""Build Lightning callbacks and loggers from their config groups (dicts of `_target_` configs)."""
+"""Build Lightning callbacks and loggers from their config groups (dicts of `_target_` configs), for the tasks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import hydra
 from hydra.errors import InstantiationException
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, open_dict
 
@@ -47,6 +48,32 @@ def instantiate_callbacks(group: DictConfig | None) -> list[Callback]:
         log.debug("callback %s: %s", name, config._target_)
         callbacks.append(instantiate(config))
     return callbacks
+
+
+def switched_off(callback: Callback, trainer: DictConfig, loggers: list[Logger]) -> str | None:
+    """The setting that switches `callback` off, or None. Lightning refuses a trainer whose flag disables what a
+    callback does (`enable_progress_bar=False` beside a progress bar, `enable_checkpointing=False` beside a checkpoint
+    callback) and a LearningRateMonitor without a logger, with a MisconfigurationException; the default callbacks
+    hold all three, so the task leaves such a callback out and the setting does what it reads."""
+    if isinstance(callback, ProgressBar) and trainer.get("enable_progress_bar") is False:
+        return "trainer.enable_progress_bar=false"
+    if isinstance(callback, Checkpoint) and trainer.get("enable_checkpointing") is False:
+        return "trainer.enable_checkpointing=false"
+    if isinstance(callback, LearningRateMonitor) and not loggers:
+        return "no logger"
+    return None
+
+
+def callbacks_for_trainer(callbacks: list[Callback], trainer: DictConfig, loggers: list[Logger]) -> list[Callback]:
+    """`callbacks` without those that the trainer config or the absence of loggers switches off (`switched_off`)."""
+    kept = []
+    for callback in callbacks:
+        reason = switched_off(callback, trainer, loggers)
+        if reason is None:
+            kept.append(callback)
+        else:
+            log.info("%s: leaving out the %s callback", reason, type(callback).__name__)
+    return kept
 
 
 def instantiate_loggers(
