@@ -19,11 +19,10 @@ from torch import nn
 from lnrepro.errors import UserInputError
 from lnrepro.models import build_model, list_models
 from lnrepro.models.registry import model_options
-from lnrepro.utils.checkpoint import check_matches, load_checkpoint
+from lnrepro.utils.checkpoint import check_matches, load_checkpoint, network_weights
 
 #: Top-level stored values that are read besides `model` and `data`.
 STORED_SCALARS = ("seed",)
-NET_PREFIX = "net."  # ClassificationModule keeps the network as `self.net`
 
 
 class LoadedRun(NamedTuple):
@@ -74,6 +73,17 @@ def _plain_values(
     return values
 
 
+def data_config_names() -> list[str]:
+    """The data configs shipped in the package (`data=<name>`): conf/data/<name>.yaml."""
+    from importlib.resources import files
+
+    return sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in files("lnrepro.conf").joinpath("data").iterdir()
+        if entry.name.endswith(".yaml")
+    )
+
+
 def _compose(model: str, data: str) -> Any:
     """The package's train config with `model=<model> data=<data>`, inside or outside a running Hydra app."""
     from hydra import compose, initialize_config_module
@@ -94,8 +104,6 @@ def load_run(ckpt_path: str | Path, overrides: Mapping[str, Any] | None = None, 
     holds more than tensors and plain containers; its stored values are still only read, never called.
     """
     from omegaconf import OmegaConf, open_dict
-
-    from lnrepro.data import data_config_names  # the data configs shipped in the package
 
     checkpoint = load_checkpoint(ckpt_path, trusted=trusted)
     stored = checkpoint.get("hyper_parameters") or {}
@@ -137,14 +145,11 @@ def load_run(ckpt_path: str | Path, overrides: Mapping[str, Any] | None = None, 
         config.model.pretrained = None  # the weights come from the checkpoint, not from a file that may be gone
         run_dir = Path(ckpt_path).resolve().parent.parent  # <run>/checkpoints/x.ckpt
         config.paths.output_dir = str(run_dir)
-        config.paths.work_dir = str(Path.cwd())
 
     arguments = OmegaConf.to_container(config.model, resolve=True)
     arguments.pop("_target_", None)
     net = build_model(**arguments)
-    weights = {
-        key[len(NET_PREFIX) :]: tensor for key, tensor in checkpoint["state_dict"].items() if key.startswith(NET_PREFIX)
-    }
+    weights = network_weights(checkpoint["state_dict"])
     check_matches(weights, net, ckpt_path)
     net.load_state_dict(weights)
     return LoadedRun(net.eval(), config)

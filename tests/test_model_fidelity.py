@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lnrepro.errors import UserInputError
 from lnrepro.models import build_model
 from lnrepro.reporting.reference import shipped_table
 
@@ -236,7 +237,7 @@ def test_pretrained_twin_gives_same_outputs(tmp_path, make_reference, name, kwar
     "make_reference,name,kwargs",
     [
         (_torchvision("shufflenet_v2_x0_5"), "shufflenet_v2", dict(width=0.5)),  # keys matched by name
-        (_timm("ghostnet_050"), "ghostnet", dict(width=0.5)),  # keys matched in order
+        (_timm("ghostnet_050"), "ghostnet", dict(width=0.5)),  # keys renamed by GhostNet's table
     ],
     ids=["torchvision", "timm"],
 )
@@ -262,6 +263,22 @@ def test_pretrained_with_other_num_classes_reinitialises_only_the_classifier(
         assert fresh.state_dict()[key].shape == own[key].shape
     with torch.no_grad():
         assert ours(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_a_twin_file_that_does_not_fit_names_its_key_and_ours(tmp_path):
+    torch.save(_torchvision("resnet34")().state_dict(), tmp_path / "resnet34.pth")
+    with pytest.raises(
+        UserInputError,
+        match=r"does not fit resnet34: key 'conv1\.weight' \(the model's 'stem\.0\.0\.weight'\) has shape "
+        r"\(64, 3, 7, 7\), the model needs \(32, 3, 7, 7\)",
+    ):
+        build_model("resnet34", width=0.5, pretrained=tmp_path / "resnet34.pth")
+    torch.save(_timm("ghostnet_050")().state_dict(), tmp_path / "ghostnet.pth")
+    with pytest.raises(
+        UserInputError,
+        match=r"does not fit ghostnet: its key 'blocks\.0\.0\.ghost1\.primary_conv\.0\.weight' has no place in it",
+    ):
+        build_model("ghostnet", width=0.5, conv="dwpw", pretrained=tmp_path / "ghostnet.pth")
 
 
 def test_timm_mobilenetv1_needs_its_relu6(tmp_path):

@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models import build_model, list_models
+from lnrepro.models import build_model, list_models, register_model, resolved_arguments
 from lnrepro.models.layers import (
     ConvBnAct,
     DepthwiseSeparable,
     GhostModule,
     SqueezeExcite,
     channel_shuffle,
-    conv3x3_slot,
+    conv_slot,
     make_divisible,
     scale_channels,
 )
@@ -254,8 +254,8 @@ def test_ghost_module_and_slots_shapes():
     assert SqueezeExcite(8, 4)(x).shape == x.shape
     assert DepthwiseSeparable(8, 12, stride=2)(x).shape == (2, 12, 8, 8)
     for kind in ("standard", "dwpw", "ghost"):
-        assert conv3x3_slot(kind, 8, 12, 2)(x).shape == (2, 12, 8, 8)
-        linear = conv3x3_slot(kind, 8, 12, 1, act_layer=None)
+        assert conv_slot(kind, 8, 12, 2)(x).shape == (2, 12, 8, 8)
+        linear = conv_slot(kind, 8, 12, 1, act_layer=None)
         assert not isinstance(list(linear.modules())[-1], (nn.ReLU, nn.ReLU6))
 
 
@@ -313,7 +313,7 @@ def test_pretrained_missing_file(tmp_path):
 
 def test_pretrained_not_a_state_dict(tmp_path):
     (tmp_path / "text.pth").write_text("not a torch file")
-    with pytest.raises(UserInputError, match="could not be read as a PyTorch state_dict"):
+    with pytest.raises(UserInputError, match=r"pretrained file '.*text\.pth' cannot be read .*not a PyTorch file"):
         build_model("mobilenet_v2", pretrained=tmp_path / "text.pth")
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(UserInputError, match="is not a state_dict"):
@@ -330,11 +330,77 @@ def test_pretrained_shape_mismatch_names_the_first_key(tmp_path):
         build_model("mobilenet_v2", width=1.0, pretrained=tmp_path / "w050.pth")
 
 
-def test_pretrained_of_another_network_names_the_first_differing_key(tmp_path):
+def test_pretrained_of_another_network_names_its_first_key_without_a_place(tmp_path):
     torch.save(build_model("shufflenet_v2", width=1.0).state_dict(), tmp_path / "shufflenet.pth")
     with pytest.raises(
-        UserInputError,
-        match=r"does not fit mobilenet_v2: key 'conv1\.0\.weight' \(paired with the "
-        r"model's 'features\.0\.0\.weight'\) has shape \(24, 3, 3, 3\)",
+        UserInputError, match=r"does not fit mobilenet_v2: its key 'conv1\.0\.weight' has no place in it"
     ):
         build_model("mobilenet_v2", pretrained=tmp_path / "shufflenet.pth")
+
+
+def test_pretrained_file_missing_a_weight_names_it(tmp_path):
+    state = build_model("mobilenet_v2", width=0.5).state_dict()
+    del state["features.1.conv.1.weight"]
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(
+        UserInputError, match=r"does not fit mobilenet_v2: it has no value for 'features\.1\.conv\.1\.weight'"
+    ):
+        build_model("mobilenet_v2", width=0.5, pretrained=tmp_path / "w.pth")
+
+
+def test_pretrained_file_holding_code_is_refused_with_how_to_save_its_tensors(tmp_path):
+    torch.save(build_model("mobilenet_v2", width=0.5), tmp_path / "pickled_model.pth")  # a whole pickled nn.Module
+    with pytest.raises(
+        UserInputError, match=r"is refused: .*could run code .*torch\.save\(model\.state_dict\(\), path\)"
+    ):
+        build_model("mobilenet_v2", width=0.5, pretrained=tmp_path / "pickled_model.pth")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Family defaults: declared once, by the builder's keyword defaults
+# ---------------------------------------------------------------------------------------------------------------
+def test_resolved_arguments_fill_in_each_family_default():
+    assert resolved_arguments("ghostnet") == dict(
+        width=1.0, num_classes=1000, stem="imagenet", conv="ghost", dropout=0.2
+    )
+    assert resolved_arguments("shufflenet_v1")["groups"] == 3
+    assert resolved_arguments("shufflenet_v1", groups=8)["groups"] == 8
+    assert resolved_arguments("vgg16", conv="dwpw", dropout=0.1) == dict(
+        width=1.0, num_classes=1000, stem="imagenet", conv="dwpw", dropout=0.1
+    )
+    # defaults that depend on other arguments
+    assert [resolved_arguments("vgg16", stem=stem)["dropout"] for stem in ("imagenet", "cifar")] == [0.5, 0.0]
+    assert [resolved_arguments("shufflenet_v2", width=w)["dropout"] for w in (1.5, 2.0)] == [0.0, 0.2]
+    assert resolved_arguments("mobilenet_v1", activation=None)["activation"] == "relu"  # None: the family's
+    assert "conv" not in resolved_arguments("mobilenet_v2") and "groups" not in resolved_arguments("resnet34")
+
+
+def test_model_configs_leave_the_family_defaults_to_the_family_files():
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    configs = [entry for entry in files("lnrepro.conf").joinpath("model").iterdir() if entry.name.endswith(".yaml")]
+    assert len(configs) == len(ALL_MODELS)
+    for entry in configs:
+        config = OmegaConf.create(entry.read_text())
+        for option in ("conv", "groups", "dropout"):
+            assert config.get(option) is None, f"{entry.name}: {option}"
+
+
+def test_a_builder_registers_under_its_own_name_and_declares_its_defaults(monkeypatch):
+    from lnrepro.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_model
+    def tiny_net(*, width: float, num_classes: int, stem: str, dropout: float = 0.1, depth: int = 2) -> nn.Module:
+        return nn.Sequential(*[nn.Identity()] * depth, nn.Dropout(dropout), nn.LazyLinear(num_classes))
+
+    assert "tiny_net" in list_models()
+    assert resolved_arguments("tiny_net", depth=None)["depth"] == 2
+    assert len(build_model("tiny_net", depth=3, num_classes=4)) == 5
+    with pytest.raises(UserInputError, match="tiny_net has no conv-kind switch"):
+        build_model("tiny_net", conv="ghost")
+    with pytest.raises(TypeError, match="must have a default"):
+        register_model(name="no_default")(lambda *, width, num_classes, stem, dropout: nn.Identity())

@@ -197,7 +197,11 @@ def test_corrupt_checkpoint_is_refused(make_train_cfg, tmp_path):
 
 def test_checkpoint_of_another_model_is_refused(make_train_cfg, tmp_path):
     ckpt = train(make_train_cfg("model=shufflenet_v2", "model.width=0.5", output_dir=tmp_path / "a"))["test/ckpt_path"]
-    with pytest.raises(UserInputError, match="does not match the configured model"):
+    with pytest.raises(
+        UserInputError,
+        match=r"does not fit the configured model: key 'net\.stage2\.0\.branch1\.2\.weight' has shape "
+        r"\(24, 24, 1, 1\), the model needs \(58, 24, 1, 1\)",
+    ):
         train(make_train_cfg("model=shufflenet_v2", "model.width=1.0", f"ckpt_path={ckpt}", output_dir=tmp_path / "b"))
 
 

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
-IMAGES_PER_FILE = 10_000
 # In data.root, next to the folder it guards. Never deleted: removing a lock file while another run waits on it
 # would let a third run lock a new file with the same name and download alongside the second.
 LOCK_FILE = ".cifar-10-download.lock"

@@ -1,10 +1,10 @@
-"""The model zoo: `build_model(name, ...)` and `list_models()`.
+"""The model zoo: `build_model(name, ...)`, `list_models()` and `resolved_arguments(name, ...)`.
 
-Importing this package registers every family (one module per family); see `registry.build_model` for the
-arguments and `layers` for the shared building blocks.
+Importing this package registers every family (one module per family); see `registry` for the arguments,
+`pretrained` for published weights and `layers` for the shared building blocks.
 """
 
-from lnrepro.models.registry import build_model, list_models, load_pretrained, register_model
+from lnrepro.models.registry import build_model, list_models, register_model, resolved_arguments
 
 # Importing the family modules registers them.
 from lnrepro.models import (  # noqa: F401  isort: skip
@@ -18,4 +18,4 @@ from lnrepro.models import (  # noqa: F401  isort: skip
     vgg,
 )
 
-__all__ = ["build_model", "list_models", "load_pretrained", "register_model"]
+__all__ = ["build_model", "list_models", "register_model", "resolved_arguments"]

@@ -21,15 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lnrepro.models.layers import (
-    ConvBnAct,
-    SqueezeExcite,
-    cifar_strides,
-    conv3x3_slot,
-    init_weights,
-    resolve_dropout,
-    scale_channels,
-)
+from lnrepro.models.layers import ConvBnAct, SqueezeExcite, cifar_strides, conv_slot, init_weights, scale_channels
 from lnrepro.models.registry import register_model
 
 # Paper Table 1 / official code, one row per bottleneck, grouped in the official code's stages:
@@ -63,7 +55,7 @@ class GhostBottleneck(nn.Module):
         conv: str,
     ) -> None:
         super().__init__()
-        self.ghost1 = conv3x3_slot(conv, in_channels, mid_channels, act_layer=nn.ReLU, ghost_after_depthwise=False)
+        self.ghost1 = conv_slot(conv, in_channels, mid_channels, act_layer=nn.ReLU, ghost_after_depthwise=False)
         if stride > 1:
             self.conv_dw = nn.Conv2d(
                 mid_channels, mid_channels, kernel, stride, (kernel - 1) // 2, groups=mid_channels, bias=False
@@ -72,7 +64,7 @@ class GhostBottleneck(nn.Module):
         else:
             self.conv_dw = self.bn_dw = None
         self.se = SqueezeExcite(mid_channels, scale_channels(mid_channels, se_ratio, 4)) if se_ratio > 0 else None
-        self.ghost2 = conv3x3_slot(conv, mid_channels, out_channels, act_layer=None, ghost_after_depthwise=False)
+        self.ghost2 = conv_slot(conv, mid_channels, out_channels, act_layer=None, ghost_after_depthwise=False)
         if in_channels == out_channels and stride == 1:
             self.shortcut = nn.Sequential()
         else:
@@ -96,14 +88,7 @@ class GhostBottleneck(nn.Module):
 class GhostNet(nn.Module):
     classifier_name = "classifier"
 
-    def __init__(
-        self,
-        width: float = 1.0,
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        conv: str = "ghost",
-        dropout: float = 0.2,
-    ) -> None:
+    def __init__(self, width: float, num_classes: int, stem: str, conv: str, dropout: float) -> None:
         super().__init__()
         cifar = stem == "cifar"
         stem_channels = scale_channels(16, width, 4)
@@ -139,8 +124,19 @@ class GhostNet(nn.Module):
         x = torch.flatten(self.act2(self.conv_head(x)), 1)
         return self.classifier(self.dropout(x))
 
+    def twin_module_names(self) -> dict[str, str]:
+        """timm's `ghostnet_*` module paths -> ours (`lnrepro.models.pretrained`): timm's SE names its convs
+        conv_reduce/conv_expand (ours fc1/fc2, as torchvision's), and its last stage is a ConvBnAct of `conv` and
+        `bn1` where ours numbers them."""
+        last_stage = f"blocks.{len(STAGES)}.0"
+        names = {f"{last_stage}.conv": f"{last_stage}.0", f"{last_stage}.bn1": f"{last_stage}.1"}
+        for path, module in self.named_modules():
+            if isinstance(module, SqueezeExcite):
+                names |= {f"{path}.conv_reduce": f"{path}.fc1", f"{path}.conv_expand": f"{path}.fc2"}
+        return names
 
-@register_model("ghostnet", default_conv="ghost")
-def ghostnet(*, width: float, num_classes: int, stem: str, conv: str, dropout: float | None) -> GhostNet:
-    # Dropout 0.2 before the classifier: the official code.
-    return GhostNet(width, num_classes, stem, conv, resolve_dropout(dropout, 0.2))
+
+@register_model
+def ghostnet(*, width: float, num_classes: int, stem: str, conv: str = "ghost", dropout: float = 0.2) -> GhostNet:
+    """Dropout 0.2 before the classifier: the official code."""
+    return GhostNet(width, num_classes, stem, conv, dropout)

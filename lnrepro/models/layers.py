@@ -2,7 +2,7 @@
 
 Everything that more than one family needs lives here, once: the channel rounding used to scale a network's
 width, the conv-BN-activation unit, squeeze-and-excitation with a hard-sigmoid gate, channel shuffle, the
-depthwise-separable conv, the Ghost module, and `conv3x3_slot`, the single place where `model.conv`
+depthwise-separable conv, the Ghost module, and `conv_slot`, the single place where `model.conv`
 (standard | dwpw | ghost) turns into layers.
 
 Layers are built from plain `nn.Sequential` containers where torchvision does the same, so that the parameter
@@ -205,7 +205,7 @@ def check_conv_kind(kind: str) -> str:
     return kind
 
 
-def conv3x3_slot(
+def conv_slot(
     kind: str,
     in_ch: int,
     out_ch: int,
@@ -215,8 +215,8 @@ def conv3x3_slot(
     bias: bool = False,
     ghost_after_depthwise: bool = True,
 ) -> nn.Module:
-    """What a 3x3 conv (with its BN and activation) becomes under `model.conv`, as the CIFAR-10 table of
-    seed 003 means it:
+    """The layers `model.conv` puts in one slot of a network: a 3x3 conv of VGG16 or ResNet34, a Ghost module of
+    GhostNet, each with its BN and activation. For a 3x3 conv, as the CIFAR-10 table of seed 003 means it:
 
     - ``standard``: a 3x3 conv, BN, activation;
     - ``dwpw``: a 3x3 depthwise conv (BN, activation) and a 1x1 pointwise conv (BN, activation), the
@@ -289,11 +289,6 @@ def init_megvii_weights(module: nn.Module, stem: nn.Module) -> None:
 
 
 STEMS = ("imagenet", "cifar")
-
-
-def resolve_dropout(dropout: float | None, default: float) -> float:
-    """`dropout=None` means the paper's value for the family."""
-    return default if dropout is None else float(dropout)
 
 
 ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}

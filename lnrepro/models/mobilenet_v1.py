@@ -5,7 +5,7 @@ pointwise, each with BN and ReLU), global average pooling and one fully connecte
 alpha scales every layer (`scale_channels`, multiples of 8, which the paper's 1.0/0.75/0.5/0.25 already are).
 
 Activation: ReLU as in the paper; ``activation="relu6"`` gives TF-slim's and timm's `mobilenetv1_100`, whose
-files load by the ordered mapping of `registry.load_pretrained` (same layer order and shapes).
+files load through `MobileNetV1.twin_module_names` (`lnrepro.models.pretrained`).
 
 stem="cifar": the stem conv and the first stride-2 depthwise layer (to 128 channels) run at stride 1, the
 MobileNet V2 CIFAR rule (total stride 8: a 32x32 image ends as a 4x4 feature map).
@@ -22,9 +22,9 @@ from lnrepro.models.layers import (
     activation_layer,
     cifar_strides,
     init_weights,
-    resolve_dropout,
     scale_channels,
 )
+from lnrepro.models.pretrained import conv_bn, timm_block_names, timm_conv_bn_names
 from lnrepro.models.registry import register_model
 
 # Paper Table 1: (output channels of the pointwise conv, stride of the depthwise conv) of the 13 layers.
@@ -40,14 +40,7 @@ DEPTHWISE_SEPARABLE_SETTING = (
 class MobileNetV1(nn.Module):
     classifier_name = "classifier"
 
-    def __init__(
-        self,
-        width: float = 1.0,
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        dropout: float = 0.0,
-        act_layer=nn.ReLU,
-    ) -> None:
+    def __init__(self, width: float, num_classes: int, stem: str, dropout: float, act_layer) -> None:
         super().__init__()
         cifar = stem == "cifar"
         in_channels = scale_channels(32, width)
@@ -72,15 +65,24 @@ class MobileNetV1(nn.Module):
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return self.classifier(self.dropout(x))
 
+    def twin_module_names(self) -> dict[str, str]:
+        """timm's `mobilenetv1_100` module paths -> ours (`lnrepro.models.pretrained`): its blocks are
+        DepthwiseSeparableConv (conv_dw, bn1, conv_pw, bn2), ours `DepthwiseSeparable` (two ConvBnAct)."""
+        names = {"conv_stem": "features.0.0", "bn1": "features.0.1"}
+        blocks = timm_block_names(channels for channels, _ in DEPTHWISE_SEPARABLE_SETTING)
+        for index, block in enumerate(blocks, start=1):
+            own = [conv_bn(f"features.{index}.0"), conv_bn(f"features.{index}.1")]
+            names |= timm_conv_bn_names(block, ("conv_dw", "conv_pw"), own)
+        return names
 
-@register_model("mobilenet_v1")
+
+@register_model
 def mobilenet_v1(
-    *, width: float, num_classes: int, stem: str, dropout: float | None, activation: str = "relu"
+    *, width: float, num_classes: int, stem: str, dropout: float = 0.0, activation: str = "relu"
 ) -> MobileNetV1:
     """`activation`: "relu" (paper) or "relu6" (TF-slim / timm `mobilenetv1_100`).
 
     The paper reports no dropout for MobileNet V1 (it uses "less regularization" than for large models), so the
     default is 0; TF-slim's keep_prob of 0.999 is the same in effect.
     """
-    act_layer = activation_layer(activation, "mobilenet_v1")
-    return MobileNetV1(width, num_classes, stem, resolve_dropout(dropout, 0.0), act_layer)
+    return MobileNetV1(width, num_classes, stem, dropout, activation_layer(activation, "mobilenet_v1"))

@@ -3,7 +3,7 @@
 Construction: the paper's Table 2, channels scaled by the width multiplier and rounded to multiples of 8
 (`scale_channels`), the last 1x1 conv 1280 x max(1, width) wide (the paper keeps 1280 for widths below 1).
 It is torchvision's `mobilenet_v2` layer for layer, with its parameter names, so torchvision files load name
-for name; timm's `mobilenetv2_*` (same construction) load by the ordered mapping of `registry.load_pretrained`.
+for name; timm's `mobilenetv2_*` (same construction) load through `MobileNetV2.twin_module_names`.
 
 stem="cifar": the stem conv and the first stride-2 stage (24 channels) run at stride 1, as in
 chenyaofo/pytorch-cifar-models, whose CIFAR-10 figures (cifar10_published.csv) this reproduces. The network's
@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lnrepro.models.layers import ConvBnAct, cifar_strides, init_weights, resolve_dropout, scale_channels
+from lnrepro.models.layers import ConvBnAct, cifar_strides, init_weights, scale_channels
+from lnrepro.models.pretrained import conv_bn, timm_block_names, timm_conv_bn_names
 from lnrepro.models.registry import register_model
 
 # Paper Table 2: expansion factor t, output channels c, repeats n, stride s of the first repeat.
@@ -58,13 +59,7 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     classifier_name = "classifier.1"
 
-    def __init__(
-        self,
-        width: float = 1.0,
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        dropout: float = 0.2,
-    ) -> None:
+    def __init__(self, width: float, num_classes: int, stem: str, dropout: float) -> None:
         super().__init__()
         cifar = stem == "cifar"
         in_channels = scale_channels(32, width)
@@ -87,8 +82,27 @@ class MobileNetV2(nn.Module):
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return self.classifier(x)
 
+    def twin_module_names(self) -> dict[str, str]:
+        """timm's `mobilenetv2_*` module paths -> ours (`lnrepro.models.pretrained`). timm's first block is a
+        DepthwiseSeparableConv (conv_dw, bn1, conv_pw, bn2), the others InvertedResidual (conv_pw, bn1, conv_dw,
+        bn2, conv_pwl, bn3); ours are torchvision's, whose projection is a bare conv and BN."""
+        head = f"features.{len(self.features) - 1}"
+        names = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": f"{head}.0", "bn2": f"{head}.1"}
+        names["classifier"] = "classifier.1"
+        expansions = [t for t, _, n, _ in INVERTED_RESIDUAL_SETTING for _ in range(n)]
+        blocks = timm_block_names(c for _, c, n, _ in INVERTED_RESIDUAL_SETTING for _ in range(n))
+        for index, (block, expansion) in enumerate(zip(blocks, expansions), start=1):
+            ours = f"features.{index}.conv"
+            if expansion == 1:
+                own = [conv_bn(f"{ours}.0"), (f"{ours}.1", f"{ours}.2")]
+                names |= timm_conv_bn_names(block, ("conv_dw", "conv_pw"), own)
+            else:
+                own = [conv_bn(f"{ours}.0"), conv_bn(f"{ours}.1"), (f"{ours}.2", f"{ours}.3")]
+                names |= timm_conv_bn_names(block, ("conv_pw", "conv_dw", "conv_pwl"), own)
+        return names
 
-@register_model("mobilenet_v2")
-def mobilenet_v2(*, width: float, num_classes: int, stem: str, dropout: float | None) -> MobileNetV2:
-    # Dropout 0.2 before the classifier: TF-slim's MobileNet V2 (keep_prob 0.8), also torchvision's.
-    return MobileNetV2(width, num_classes, stem, resolve_dropout(dropout, 0.2))
+
+@register_model
+def mobilenet_v2(*, width: float, num_classes: int, stem: str, dropout: float = 0.2) -> MobileNetV2:
+    """Dropout 0.2 before the classifier: TF-slim's MobileNet V2 (keep_prob 0.8), also torchvision's."""
+    return MobileNetV2(width, num_classes, stem, dropout)

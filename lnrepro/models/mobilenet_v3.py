@@ -4,7 +4,7 @@ Construction: the paper's Tables 1 and 2; hard-swish in the later layers, squeez
 hard-sigmoid gate on the expansion width (squeeze to a quarter, rounded to a multiple of 8), a 1x1 conv to
 960 (Large) / 576 (Small) channels, global pooling, then a 1280 (Large) / 1024 (Small) wide linear layer with
 hard-swish before the classifier. The parameter names are torchvision's, so torchvision files load name for
-name; timm's `mobilenetv3_*` files load by the ordered mapping of `registry.load_pretrained`.
+name; timm's `mobilenetv3_*` files load through `MobileNetV3.twin_module_names`.
 
 Width rounding: timm's, which reproduces the paper's 0.75 models (Table 3: Large 4.0M / 155M, Small 2.0M / 44M).
 Each block's expansion width is the *rounded* input width times the paper's expansion ratio, rounded to 8; the
@@ -28,15 +28,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from lnrepro.models.layers import (
-    ConvBnAct,
-    SqueezeExcite,
-    cifar_strides,
-    init_weights,
-    make_divisible,
-    resolve_dropout,
-    scale_channels,
-)
+from lnrepro.models.layers import ConvBnAct, SqueezeExcite, cifar_strides, init_weights, make_divisible, scale_channels
+from lnrepro.models.pretrained import conv_bn, timm_block_names, timm_conv_bn_names
 from lnrepro.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -85,6 +78,8 @@ SMALL = (
 )
 # (blocks, last conv channels, head linear channels) per variant.
 VARIANTS = {"large": (LARGE, 960, 1280), "small": (SMALL, 576, 1024)}
+# Before the classifier, both variants: torchvision's; the paper's TF code uses the same keep_prob 0.8.
+DROPOUT = 0.2
 
 TF_BN = dict(bn_eps=1e-3, bn_momentum=0.01)
 ACTS = {"RE": nn.ReLU, "HS": nn.Hardswish}
@@ -116,15 +111,9 @@ class InvertedResidual(nn.Module):
 class MobileNetV3(nn.Module):
     classifier_name = "classifier.3"
 
-    def __init__(
-        self,
-        variant: str = "large",
-        width: float = 1.0,
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        dropout: float = 0.2,
-    ) -> None:
+    def __init__(self, variant: str, width: float, num_classes: int, stem: str, dropout: float) -> None:
         super().__init__()
+        self.variant = variant
         blocks, last_conv_channels, head_channels = VARIANTS[variant]
         cifar = stem == "cifar"
         # timm keeps the 16-channel stem for widths below 0.75 (`fix_stem`).
@@ -160,17 +149,33 @@ class MobileNetV3(nn.Module):
         for bn in bns:
             bn.eps, bn.momentum = eps, momentum
 
+    def twin_module_names(self) -> dict[str, str]:
+        """timm's `mobilenetv3_*` module paths -> ours (`lnrepro.models.pretrained`). timm's blocks are
+        DepthwiseSeparableConv where a block does not expand (conv_dw, bn1, se, conv_pw, bn2), else
+        InvertedResidual (conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3); its last conv is a stage of its own
+        (`conv`, `bn1`), and its head a 1x1 conv `conv_head` where ours, torchvision's, is a linear layer."""
+        configs = VARIANTS[self.variant][0]
+        blocks = timm_block_names(cfg.out_channels for cfg in configs)
+        last_stage, last_conv = f"blocks.{int(blocks[-1].split('.')[1]) + 1}.0", f"features.{len(configs) + 1}"
+        names = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": "classifier.0"}
+        names |= {f"{last_stage}.conv": f"{last_conv}.0", f"{last_stage}.bn1": f"{last_conv}.1"}
+        names["classifier"] = "classifier.3"
+        for index, block in enumerate(blocks, start=1):
+            layers = self.features[index].block
+            own = [
+                conv_bn(f"features.{index}.block.{i}") for i, layer in enumerate(layers) if isinstance(layer, ConvBnAct)
+            ]
+            se = [f"features.{index}.block.{i}" for i, layer in enumerate(layers) if isinstance(layer, SqueezeExcite)]
+            convs = ("conv_pw", "conv_dw", "conv_pwl") if len(own) == 3 else ("conv_dw", "conv_pw")
+            names |= timm_conv_bn_names(block, convs, own, se[0] if se else None)
+        return names
 
-def _build(variant: str, width: float, num_classes: int, stem: str, dropout: float | None) -> MobileNetV3:
-    # Dropout 0.2 before the classifier (torchvision; the paper's TF code uses the same keep_prob 0.8).
-    return MobileNetV3(variant, width, num_classes, stem, resolve_dropout(dropout, 0.2))
+
+@register_model
+def mobilenet_v3_large(*, width: float, num_classes: int, stem: str, dropout: float = DROPOUT) -> MobileNetV3:
+    return MobileNetV3("large", width, num_classes, stem, dropout)
 
 
-@register_model("mobilenet_v3_large")
-def mobilenet_v3_large(*, width: float, num_classes: int, stem: str, dropout: float | None) -> MobileNetV3:
-    return _build("large", width, num_classes, stem, dropout)
-
-
-@register_model("mobilenet_v3_small")
-def mobilenet_v3_small(*, width: float, num_classes: int, stem: str, dropout: float | None) -> MobileNetV3:
-    return _build("small", width, num_classes, stem, dropout)
+@register_model
+def mobilenet_v3_small(*, width: float, num_classes: int, stem: str, dropout: float = DROPOUT) -> MobileNetV3:
+    return MobileNetV3("small", width, num_classes, stem, dropout)

@@ -2,13 +2,13 @@
 64/128/256/512 channels, 1x1 projection shortcuts (with BN) where the shape changes (option B of the paper).
 
 stem="imagenet": torchvision's resnet34, a 7x7 stride-2 conv and a 3x3 stride-2 max-pool; torchvision's resnet34
-files load (ordered mapping of `registry.load_pretrained`).
+files load through `ResNet.twin_module_names`.
 stem="cifar": the CIFAR ResNet34 of the seed's table (kuangliu/pytorch-cifar): a 3x3 stride-1 conv and no
 max-pool (total stride 8).
 
 `conv` (the CIFAR-10 table of seed 003): every non-1x1 conv becomes a standard 3x3 conv (default), a 3x3
 depthwise + 1x1 pointwise conv ("dwpw") or a 3x3 depthwise conv + Ghost module ("ghost"); see
-`layers.conv3x3_slot`. That includes the 3x3 stem conv of the CIFAR network (the seed's parameter and FLOP
+`layers.conv_slot`. That includes the 3x3 stem conv of the CIFAR network (the seed's parameter and FLOP
 counts need it); the 7x7 ImageNet stem and the 1x1 shortcuts stay standard convs. `width` scales the channels
 (multiples of 8).
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lnrepro.models.layers import ConvBnAct, conv3x3_slot, init_weights, resolve_dropout, scale_channels
+from lnrepro.models.layers import ConvBnAct, conv_slot, init_weights, scale_channels
 from lnrepro.models.registry import register_model
 
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -28,8 +28,8 @@ STAGE_CHANNELS = (64, 128, 256, 512)
 class BasicBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, conv: str) -> None:
         super().__init__()
-        self.conv1 = conv3x3_slot(conv, in_channels, out_channels, stride, act_layer=nn.ReLU)
-        self.conv2 = conv3x3_slot(conv, out_channels, out_channels, 1, act_layer=None)
+        self.conv1 = conv_slot(conv, in_channels, out_channels, stride, act_layer=nn.ReLU)
+        self.conv2 = conv_slot(conv, out_channels, out_channels, 1, act_layer=None)
         if stride != 1 or in_channels != out_channels:
             self.downsample = ConvBnAct(in_channels, out_channels, 1, stride, act_layer=None)
         else:
@@ -43,18 +43,11 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     classifier_name = "fc"
 
-    def __init__(
-        self,
-        width: float = 1.0,
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        conv: str = "standard",
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, width: float, num_classes: int, stem: str, conv: str, dropout: float) -> None:
         super().__init__()
         in_channels = scale_channels(STAGE_CHANNELS[0], width)
         if stem == "cifar":
-            self.stem = conv3x3_slot(conv, 3, in_channels, 1, act_layer=nn.ReLU)
+            self.stem = conv_slot(conv, 3, in_channels, 1, act_layer=nn.ReLU)
         else:
             self.stem = nn.Sequential(ConvBnAct(3, in_channels, 7, 2), nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
         for index, (blocks, channels) in enumerate(zip(STAGE_BLOCKS, STAGE_CHANNELS)):
@@ -74,8 +67,18 @@ class ResNet(nn.Module):
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         return self.fc(self.dropout(x))
 
+    def twin_module_names(self) -> dict[str, str]:
+        """torchvision's `resnet34` module paths -> ours (`lnrepro.models.pretrained`): where torchvision has a conv
+        and its BN side by side (`conv1`, `bn1`), ours is one conv-kind slot holding both (`conv1.0`, `conv1.1`)."""
+        names = {"conv1": "stem.0.0", "bn1": "stem.0.1"}
+        for path, module in self.named_modules():
+            if isinstance(module, BasicBlock):
+                for n in (1, 2):
+                    names |= {f"{path}.conv{n}": f"{path}.conv{n}.0", f"{path}.bn{n}": f"{path}.conv{n}.1"}
+        return names
 
-@register_model("resnet34", default_conv="standard")
-def resnet34(*, width: float, num_classes: int, stem: str, conv: str, dropout: float | None) -> ResNet:
-    # The paper uses no dropout.
-    return ResNet(width, num_classes, stem, conv, resolve_dropout(dropout, 0.0))
+
+@register_model
+def resnet34(*, width: float, num_classes: int, stem: str, conv: str = "standard", dropout: float = 0.0) -> ResNet:
+    """The paper uses no dropout."""
+    return ResNet(width, num_classes, stem, conv, dropout)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import ConvBnAct, channel_shuffle, init_megvii_weights, resolve_dropout, scale_channels
+from lnrepro.models.layers import ConvBnAct, channel_shuffle, init_megvii_weights, scale_channels
 from lnrepro.models.registry import register_model
 
 GROUP_CHOICES = (1, 2, 3, 4, 8)
@@ -93,14 +93,7 @@ class ShuffleUnit(nn.Module):
 class ShuffleNetV1(nn.Module):
     classifier_name = "classifier"
 
-    def __init__(
-        self,
-        width: float = 1.0,
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        groups: int = 3,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, width: float, num_classes: int, stem: str, groups: int, dropout: float) -> None:
         super().__init__()
         cifar = stem == "cifar"
         stem_channels, *stage_outs = stage_channels(groups, width)
@@ -133,10 +126,10 @@ class ShuffleNetV1(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-@register_model("shufflenet_v1", default_groups=3, group_choices=GROUP_CHOICES)
-def shufflenet_v1(*, width: float, num_classes: int, stem: str, groups: int, dropout: float | None) -> ShuffleNetV1:
+@register_model(group_choices=GROUP_CHOICES)
+def shufflenet_v1(*, width: float, num_classes: int, stem: str, groups: int = 3, dropout: float = 0.0) -> ShuffleNetV1:
+    """Groups 3: the paper's main model. No dropout: neither the paper nor the official code uses one."""
     stem_channels, stage2_channels = stage_channels(groups, width)[:2]
     if stage2_channels <= stem_channels:  # only for absurdly small widths
         raise UserInputError(f"shufflenet_v1: width={width:g} is too small for groups={groups}; use a width >= 0.1")
-    # No dropout: neither the paper nor the official code uses one.
-    return ShuffleNetV1(width, num_classes, stem, groups, resolve_dropout(dropout, 0.0))
+    return ShuffleNetV1(width, num_classes, stem, groups, dropout)

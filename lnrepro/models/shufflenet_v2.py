@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import ConvBnAct, channel_shuffle, init_megvii_weights, make_divisible, resolve_dropout
-from lnrepro.models.registry import register_model
+from lnrepro.models.layers import ConvBnAct, channel_shuffle, init_megvii_weights, make_divisible
+from lnrepro.models.registry import DependsOn, register_model
 
 # Paper Table 5: output channels of conv1, stages 2-4 and conv5 per width. `stage_channels` interpolates it for
 # the other widths and reproduces it exactly at these four (tests/test_models.py checks that).
@@ -47,6 +47,7 @@ STAGE_OUT_CHANNELS = {
 STAGE_REPEATS = (4, 8, 4)
 # Widths above this get the 2048-wide conv5 and dropout 0.2 (the paper's 2.0x model has both, 1.5x neither).
 WIDE_HEAD_ABOVE = 1.5
+DROPOUT = DependsOn(lambda width: 0.2 if width > WIDE_HEAD_ABOVE else 0.0)
 
 
 def stage_channels(width: float) -> tuple[int, int, int, int, int]:
@@ -115,13 +116,7 @@ class InvertedResidual(nn.Module):
 class ShuffleNetV2(nn.Module):
     classifier_name = "fc"
 
-    def __init__(
-        self,
-        width: float = 1.0,
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, width: float, num_classes: int, stem: str, dropout: float) -> None:
         super().__init__()
         channels = stage_channels(width)
         cifar = stem == "cifar"
@@ -146,7 +141,12 @@ class ShuffleNetV2(nn.Module):
         return self.fc(self.dropout(x))
 
 
-@register_model("shufflenet_v2")
-def shufflenet_v2(*, width: float, num_classes: int, stem: str, dropout: float | None) -> ShuffleNetV2:
-    default_dropout = 0.2 if width > WIDE_HEAD_ABOVE else 0.0
-    return ShuffleNetV2(width, num_classes, stem, resolve_dropout(dropout, default_dropout))
+@register_model
+def shufflenet_v2(
+    *,
+    width: float,
+    num_classes: int,
+    stem: str,
+    dropout: float | DependsOn = DROPOUT,
+) -> ShuffleNetV2:
+    return ShuffleNetV2(width, num_classes, stem, dropout)

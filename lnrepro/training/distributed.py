@@ -18,6 +18,7 @@ from omegaconf import DictConfig, open_dict
 
 from lnrepro import schema
 from lnrepro.errors import UserInputError
+from lnrepro.utils.checkpoint import training_position
 
 log = logging.getLogger("lnrepro")
 
@@ -120,10 +121,11 @@ def resume_from_own_checkpoint(cfg: DictConfig) -> str | None:
         return given
     restarts = os.environ.get("SLURM_RESTART_COUNT")
     why = f"SLURM restart {restarts}" if restarts else "a requeued or restarted job"
+    position = training_position(last)
     log.info(
         "resuming from %s%s: the run directory already holds a checkpoint (%s)%s",
         last,
-        _position(last),
+        f" (epoch {position[0]}, step {position[1]})" if position else "",
         why,
         f"; ckpt_path={given} was where the run began" if given else "",
     )
@@ -132,17 +134,6 @@ def resume_from_own_checkpoint(cfg: DictConfig) -> str | None:
     with open_dict(cfg):
         cfg.ckpt_path = str(last)
     return str(last)
-
-
-def _position(checkpoint: Path) -> str:
-    """ " (epoch E, step S)" of a Lightning checkpoint, read without loading its tensors; "" when unreadable."""
-    try:
-        import torch
-
-        state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
-        return f" (epoch {state['epoch']}, step {state['global_step']})"
-    except Exception:  # the fit that follows reports a damaged checkpoint properly
-        return ""
 
 
 def keep_csv_history(output_dir: Path) -> list[Path]:
