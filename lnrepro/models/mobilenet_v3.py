@@ -156,7 +156,8 @@ class MobileNetV3(nn.Module):
         (`conv`, `bn1`), and its head a 1x1 conv `conv_head` where ours, torchvision's, is a linear layer."""
         configs = VARIANTS[self.variant][0]
         blocks = timm_block_names(cfg.out_channels for cfg in configs)
-        last_stage, last_conv = f"blocks.{int(blocks[-1].split('.')[1]) + 1}.0", f"features.{len(configs) + 1}"
+        stages = len({block.rpartition(".")[0] for block in blocks})
+        last_stage, last_conv = f"blocks.{stages}.0", f"features.{len(configs) + 1}"  # the stage after the blocks
         names = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": "classifier.0"}
         names |= {f"{last_stage}.conv": f"{last_conv}.0", f"{last_stage}.bn1": f"{last_conv}.1"}
         names["classifier"] = "classifier.3"
