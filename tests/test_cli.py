@@ -22,8 +22,7 @@ QUICK = [
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
     "trainer.devices=1",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.rich_progress_bar",
+    "trainer.enable_progress_bar=false",  # as it reads: the default callbacks' progress bar is left out
     "print_config=false",
     "model.width=0.5",
 ]

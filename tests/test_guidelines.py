@@ -27,6 +27,13 @@ from lnrepro.tasks.profile import profile
 from tests.conftest import compose_config
 
 SIZE = 16  # small input for speed; FLOPs ratios do not depend on it, MAC orderings hold down to it
+# the preset at a tiny size, through lnrepro-profile's task
+TINY_PRESET = [
+    "experiment=shufflenetv2_guidelines",
+    "profile.guideline.scale=0.125",
+    "profile.guideline.size=4",
+    "profile.guideline.blocks=1",
+]
 PLATFORMS = sorted(PAPER_BASES)
 
 
@@ -164,14 +171,7 @@ def test_preset_runs_through_the_profile_task(tmp_path, capsys):
     cfg = compose_config(
         "profile",
         tmp_path / "run",
-        [
-            "experiment=shufflenetv2_guidelines",
-            "profile.guideline.scale=0.125",
-            "profile.guideline.size=4",
-            "profile.guideline.blocks=1",
-            "profile.runs=1",
-            "profile.warmup=0",
-        ],
+        [*TINY_PRESET, "profile.runs=1", "profile.warmup=0"],
     )
     assert list(cfg.profile.guidelines) == ["g1", "g2", "g3", "g4"]
     tables = profile(cfg)
@@ -231,13 +231,7 @@ def test_profile_task_shows_a_progress_bar_on_a_terminal_and_logs_tables_elsewhe
     cfg = compose_config(
         "profile",
         tmp_path / "run",
-        [
-            "experiment=shufflenetv2_guidelines",
-            "profile.guideline.scale=0.125",
-            "profile.guideline.size=4",
-            "profile.guideline.blocks=1",
-            "profile.guideline.rounds=2",
-        ],
+        [*TINY_PRESET, "profile.guideline.rounds=2"],
     )
     with caplog.at_level(logging.INFO, logger="lnrepro"):
         profile(cfg)
