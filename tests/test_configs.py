@@ -153,3 +153,26 @@ def test_a_multirun_is_one_wandb_group(make_train_cfg):
     assert logger._wandb_init["project"] == "lnrepro" and list(logger._wandb_init["tags"]) == ["a", "b"]
     (single,) = instantiate_loggers(make_train_cfg("logger=wandb").logger, multirun_group=None)
     assert single._wandb_init.get("group") is None
+
+
+@pytest.mark.parametrize(
+    "overrides, conv, groups",
+    [
+        (["model=ghostnet"], "ghost", None),
+        (["model=vgg16"], "standard", None),
+        (["model=vgg16", "model.conv=dwpw"], "dwpw", None),
+        (["model=shufflenet_v1"], None, 3),
+        (["model=shufflenet_v1", "model.groups=8"], None, 8),
+        (["model=mobilenet_v2"], None, None),
+    ],
+)
+def test_a_run_records_the_options_its_family_resolved(make_train_cfg, overrides, conv, groups):
+    """The model configs leave conv and groups null (the family's default); metrics.json records what was built,
+    which is what reports match published rows by (`ghostnet_ghost`, ShuffleNet V1 g=3)."""
+    from lnrepro.tasks.common import run_facts
+
+    cfg = make_train_cfg(*overrides)
+    assert cfg.model.get("conv") is None or "model.conv" in " ".join(overrides)
+    facts = run_facts(cfg)
+    assert (facts["conv"], facts["groups"]) == (conv, groups)
+    assert facts["model"] == cfg.model.name and facts["width"] == 1.0

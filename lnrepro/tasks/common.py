@@ -49,13 +49,21 @@ def hydra_multirun_name() -> str | None:
 
 
 def run_facts(cfg: DictConfig) -> dict[str, Any]:
-    """What a report needs to name the run, next to its numbers."""
+    """What a report needs to name the run, next to its numbers. The model's options are recorded as its family
+    resolves them: the configs leave `conv` and `groups` null for the family's default, and a report matches rows
+    by the value the network was built with (`ghostnet_ghost`, ShuffleNet V1 g=3)."""
+    from lnrepro.models import resolved_arguments
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    if model.pop("_target_", None) == "lnrepro.models.build_model":  # a user's own _target_ keeps its raw values
+        model.pop("pretrained", None)
+        model = {"name": model["name"], **resolved_arguments(**model)}
     return {
-        schema.MODEL: cfg.model.get("name"),
-        schema.WIDTH: cfg.model.get("width"),
-        schema.CONV: cfg.model.get("conv"),
-        schema.GROUPS: cfg.model.get("groups"),
-        schema.STEM: cfg.model.get("stem"),
+        schema.MODEL: model.get("name"),
+        schema.WIDTH: model.get("width"),
+        schema.CONV: model.get("conv"),
+        schema.GROUPS: model.get("groups"),
+        schema.STEM: model.get("stem"),
         schema.DATA: cfg.data.get("name"),
         schema.SEED: cfg.get("seed"),
     }
