@@ -11,6 +11,7 @@ This module needs only the standard library, so that the reports and light tools
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -172,23 +173,25 @@ MEMORY_INFER_PEAK_MIB = _key("memory/infer_peak_mib", "MiB", "peak memory of one
 #: The deployment runtimes a network is measured in, in the order tables list them: the one list of their names
 #: (`profile.runtimes` takes any of them; `<runtime>` in the keys below is one of them).
 RUNTIMES = ("eager", "compiled", "onnxruntime", "onnxruntime_int8")
-_key("latency/<runtime>_ms", "ms", "median batch-1 latency in the runtime")
-_key("latency/<runtime>_p90_ms", "ms", "90th percentile of the same passes")
-_key("infer/<runtime>_imgs_per_s", "images/s", "inference throughput at `batch_size` in the runtime")
+LATENCY = _key("latency/<runtime>_ms", "ms", "median batch-1 latency in the runtime")
+LATENCY_P90 = _key("latency/<runtime>_p90_ms", "ms", "90th percentile of the same passes")
+THROUGHPUT = _key("infer/<runtime>_imgs_per_s", "images/s", "inference throughput at `batch_size` in the runtime")
 _key("latency/<runtime>_cpu_pressure", "%", "/proc/pressure/cpu `some avg10` right after the batch-1 passes")
-_key("latency/<runtime>_contended", "bool", "p90/median > 1.5 or CPU pressure > 10%: another process took the cores")
+CONTENDED = _key(
+    "latency/<runtime>_contended", "bool", "p90/median > 1.5 or CPU pressure > 10%: another process took the cores"
+)
 _key(
     "prepare/<runtime>_s",
     "s",
     "from the network to a runner that ran once at both shapes: export, quantisation, compilation, session",
 )
-_key(
+ACCURACY = _key(
     "test/acc_<runtime>",
     "fraction",
     "top-1 of the tested weights run in the runtime, on the test split's images as eager saw them",
 )
 _key("<runtime>/max_abs_diff", "logits", "largest |runtime - eager| logit on one image")
-_key("<runtime>/error", "-", "why the runtime's figures are missing (the run itself went on)")
+ERROR = _key("<runtime>/error", "-", "why the runtime's figures are missing (the run itself went on)")
 _key("<runtime>/export_s", "s", "ONNX export")
 _key("<runtime>/quantize_s", "s", "int8 pre-processing and static quantisation")
 _key("<runtime>/reduce_range", "bool", "7-bit weights (x86 CPU without VNNI)")
@@ -202,29 +205,17 @@ _key("compile/cache_warm", "bool", "inductor's cache already held the compiled c
 _key("cpu/<feature>", "-", "the CPU's model name and instruction-set features (avx2, avx512, vnni, amx, bf16)")
 
 
-def latency_key(runtime: str) -> str:
-    return f"latency/{runtime}_ms"
+def runtime_key(pattern: str, runtime: str) -> str:
+    """The key of a `<runtime>` pattern above for one runtime: `runtime_key(LATENCY, "onnxruntime")`."""
+    return pattern.replace("<runtime>", runtime)
 
 
-def latency_p90_key(runtime: str) -> str:
-    return f"latency/{runtime}_p90_ms"
-
-
-def throughput_key(runtime: str) -> str:
-    return f"infer/{runtime}_imgs_per_s"
-
-
-def accuracy_key(runtime: str) -> str:
-    return f"test/acc_{runtime}"
-
-
-def contended_key(runtime: str) -> str:
-    return f"latency/{runtime}_contended"
-
-
-def error_key(runtime: str) -> str:
-    return f"{runtime}/error"
-
+latency_key = functools.partial(runtime_key, LATENCY)
+latency_p90_key = functools.partial(runtime_key, LATENCY_P90)
+throughput_key = functools.partial(runtime_key, THROUGHPUT)
+accuracy_key = functools.partial(runtime_key, ACCURACY)
+contended_key = functools.partial(runtime_key, CONTENDED)
+error_key = functools.partial(runtime_key, ERROR)
 
 LATENCY_MS, LATENCY_P90_MS, INFER_IMGS_PER_S = latency_key("eager"), latency_p90_key("eager"), throughput_key("eager")
 #: Keys of files before version 2 (latency) or 3 (memory) -> their names now; `read_metrics` adds the new name beside

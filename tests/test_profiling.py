@@ -117,6 +117,16 @@ def test_peak_memory_is_positive_and_grows_with_the_batch():
     assert large > inference_peak_memory(net, 64, 16).peak_mib
 
 
+def test_without_training_figures_no_training_peak_is_written():
+    """`memory/peak_mib` is training's peak: with `profile.train=false` only the inference peak is written (it used
+    to stand in under the training key, which reports show as training memory)."""
+    from lnrepro.profiling import ProfileSettings, measured_metrics
+
+    settings = ProfileSettings.from_config({"runtimes": [], "train": False, "batch_size": 4})
+    metrics = measured_metrics(tiny_net(), 16, settings)
+    assert metrics["memory/infer_peak_mib"] > 0 and "memory/peak_mib" not in metrics
+
+
 def test_profile_settings_are_declared_once_by_the_profile_group(tmp_path):
     """conf/profile/default.yaml is the one declaration of the defaults: every key of the composed group is a
     setting, and settings made in plain Python start from the same values."""

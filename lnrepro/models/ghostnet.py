@@ -7,12 +7,12 @@ depthwise conv; squeeze-and-excitation uses a hard-sigmoid gate and squeezes to 
 of 4. Channels are scaled by width and rounded to multiples of 4 (`scale_channels(c, width, 4)`), so any
 width > 0 builds; 0.5, 1.0 and 1.3 are the paper's.
 
-`conv` (the CIFAR-10 table of seed 003): every Ghost module becomes a standard 3x3 conv ("standard"), a 3x3
+`conv` (document 003's ghost_vs_dwpw table): every Ghost module becomes a standard 3x3 conv ("standard"), a 3x3
 depthwise + 1x1 pointwise conv ("dwpw") or stays itself ("ghost", the default). The stem, the depthwise convs
 of the bottlenecks, the shortcuts, SE and the head are unchanged.
 
 stem="cifar": the stem conv and the first stride-2 bottleneck run at stride 1, the MobileNet V2 CIFAR rule
-(total stride 8). Note that the seed's CIFAR-10 GhostNet rows are the unmodified network (stem="imagenet")
+(total stride 8). Note that the ghost_vs_dwpw table's GhostNet rows are the unmodified network (stem="imagenet")
 fed 32x32 images; the CIFAR stem gives a different, larger (in multiply-adds) network.
 """
 

@@ -216,18 +216,18 @@ def conv_slot(
     ghost_after_depthwise: bool = True,
 ) -> nn.Module:
     """The layers `model.conv` puts in one slot of a network: a 3x3 conv of VGG16 or ResNet34, a Ghost module of
-    GhostNet, each with its BN and activation. For a 3x3 conv, as the CIFAR-10 table of seed 003 means it:
+    GhostNet, each with its BN and activation. For a 3x3 conv, as document 003's ghost_vs_dwpw table means it:
 
     - ``standard``: a 3x3 conv, BN, activation;
     - ``dwpw``: a 3x3 depthwise conv (BN, activation) and a 1x1 pointwise conv (BN, activation), the
       MobileNet factorisation;
     - ``ghost``: a 3x3 depthwise conv (BN, activation) and a Ghost module (1x1 primary conv, ratio 2, 3x3
-      cheap depthwise conv) in place of the pointwise conv. The seed's author explains that the official code
+      cheap depthwise conv) in place of the pointwise conv. Document 003's author explains that the official code
       compresses MobileNet's pointwise conv further this way; a Ghost module alone in place of a 3x3 conv
       would save less than the dwpw variant.
 
     GhostNet calls this with ``ghost_after_depthwise=False``: there the slot *is* a Ghost module (a 1x1
-    primary conv), so ``ghost`` gives the plain Ghost module while ``standard`` and ``dwpw`` give the seed's
+    primary conv), so ``ghost`` gives the plain Ghost module while ``standard`` and ``dwpw`` give document 003's
     replacements of it (a 3x3 conv | a 3x3 depthwise + 1x1 pointwise conv).
 
     `act_layer=None` makes the unit linear (no activation at its output); the depthwise conv inside dwpw/ghost

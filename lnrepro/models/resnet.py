@@ -3,12 +3,12 @@
 
 stem="imagenet": torchvision's resnet34, a 7x7 stride-2 conv and a 3x3 stride-2 max-pool; torchvision's resnet34
 files load through `ResNet.twin_module_names`.
-stem="cifar": the CIFAR ResNet34 of the seed's table (kuangliu/pytorch-cifar): a 3x3 stride-1 conv and no
+stem="cifar": the CIFAR ResNet34 of the ghost_vs_dwpw table (kuangliu/pytorch-cifar): a 3x3 stride-1 conv and no
 max-pool (total stride 8).
 
-`conv` (the CIFAR-10 table of seed 003): every non-1x1 conv becomes a standard 3x3 conv (default), a 3x3
+`conv` (document 003's ghost_vs_dwpw table): every non-1x1 conv becomes a standard 3x3 conv (default), a 3x3
 depthwise + 1x1 pointwise conv ("dwpw") or a 3x3 depthwise conv + Ghost module ("ghost"); see
-`layers.conv_slot`. That includes the 3x3 stem conv of the CIFAR network (the seed's parameter and FLOP
+`layers.conv_slot`. That includes the 3x3 stem conv of the CIFAR network (the table's parameter and FLOP
 counts need it); the 7x7 ImageNet stem and the 1x1 shortcuts stay standard convs. `width` scales the channels
 (multiples of 8).
 """

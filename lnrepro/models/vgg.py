@@ -1,9 +1,9 @@
 """VGG16 (Simonyan & Zisserman, ICLR 2015), configuration D: 13 3x3 convs with biases in five blocks, each block
 closed by a 2x2 max-pool. As in torchvision's `vgg16_bn` and the common CIFAR ports, every conv is followed by
-BatchNorm and ReLU (the seed's VGG16 trains from scratch with Adam, which plain VGG16 does not do reliably).
+BatchNorm and ReLU (document 003's VGG16 trains from scratch with Adam, which plain VGG16 does not do reliably).
 With stem="imagenet" it is torchvision's vgg16_bn, whose files load through `VGG.twin_module_names`.
 
-`conv` (the CIFAR-10 table of seed 003): every 3x3 conv becomes a standard 3x3 conv (default), a 3x3 depthwise +
+`conv` (document 003's ghost_vs_dwpw table): every 3x3 conv becomes a standard 3x3 conv (default), a 3x3 depthwise +
 1x1 pointwise conv ("dwpw") or a 3x3 depthwise conv + Ghost module ("ghost"); see `layers.conv_slot`.
 `width` scales the conv channels (multiples of 8); 1.0 is the paper's network.
 

@@ -26,7 +26,9 @@ MAC_LAYERS = (nn.Conv2d, nn.Linear)
 class ParameterCount:
     total: int  # every parameter (weights, biases, BatchNorm affine), trainable or not
     trainable: int  # those with requires_grad
-    conv: int  # weights and biases of nn.Conv2d layers only (depthwise and grouped included), as the seed table
+    conv: (
+        int  # weights and biases of nn.Conv2d layers only (depthwise and grouped included), as the ghost_vs_dwpw table
+    )
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:

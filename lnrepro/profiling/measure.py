@@ -166,9 +166,8 @@ def measured_metrics(
       images for onnxruntime_int8 (None: `calibration_images` random ones). With `keep_going`, a runtime that
       fails leaves `<runtime>/error` instead of its figures (a finished fit keeps its results); `progress(runtime,
       done, total)` is called as each runtime starts and once more at the end;
-    - peak memory of inference and, with `train`, of training (`memory/peak_mib` is training's peak when
-      measured, else inference's); with `train` and `training_speed`, training throughput (a fit passes False:
-      it measured its own)."""
+    - peak memory of inference (`memory/infer_peak_mib`) and, with `train`, of training (`memory/peak_mib`);
+      with `train` and `training_speed`, training throughput (a fit passes False: it measured its own)."""
     settings = settings or ProfileSettings.from_config()
     batch, runs, warmup = settings.batch_size, settings.throughput_runs, min(settings.warmup, 2)
     metrics: dict[str, Any] = {}
@@ -206,11 +205,8 @@ def measured_metrics(
             ).images_per_s
         if settings.memory:
             metrics[schema.MEMORY_INFER_PEAK_MIB] = inference_peak_memory(model, batch, input_size).peak_mib
-            metrics[schema.MEMORY_PEAK_MIB] = (
-                training_peak_memory(model, batch, input_size).peak_mib
-                if settings.train
-                else metrics[schema.MEMORY_INFER_PEAK_MIB]
-            )
+            if settings.train:  # without it there is no training figure: the key stays out rather than mislead
+                metrics[schema.MEMORY_PEAK_MIB] = training_peak_memory(model, batch, input_size).peak_mib
         metrics.update(measurement_context(model, batch, input_size))
     return metrics
 

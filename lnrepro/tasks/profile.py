@@ -18,7 +18,7 @@ from lnrepro.tasks.instantiate import instantiate
 from lnrepro.utils.progress import measurement_progress
 from lnrepro.utils.tables import print_table
 
-# (column title, metrics key, format); the order of the seed table where it has the column.
+# (column title, metrics key, format); the order of the ghost_vs_dwpw table where it has the column.
 COLUMNS = [
     ("model", "model", "{}"),
     ("width", "width", "{}"),
