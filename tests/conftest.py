@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,41 @@ def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> 
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    metrics: dict  # what the train task returned (also in run_dir/metrics.json)
+    run_dir: Path
+    best_checkpoint: Path  # the one testing used: test/ckpt_path
+    last_checkpoint: Path
+
+
+# Tiny, but everything a run writes: two epochs, testing, and the end-of-fit profile in the default runtimes.
+TINY_RUN = [
+    "model=ghostnet",
+    "model.width=0.25",
+    "data.image_size=16",
+    "trainer.max_epochs=2",
+    "profile.end_of_fit=true",
+    "profile.runs=2",
+    "profile.throughput_runs=1",
+    "profile.warmup=0",
+    "profile.batch_size=2",
+    "profile.calibration_images=16",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """One finished run per test session, for the tests that only read a run (evaluate it, rebuild it, check its
+    files): training one per test cost seconds each. Read it, never write into it."""
+    from lnrepro.tasks import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    metrics = train(compose_config("train", out, FAST + NO_PROGRESS_BAR + SYNTHETIC + TINY_RUN))
+    GlobalHydra.instance().clear()
+    return TinyRun(metrics, out, Path(metrics["test/ckpt_path"]), out / "checkpoints" / "last.ckpt")
 
 
 @pytest.fixture(scope="module")

@@ -19,23 +19,9 @@ def record_call(*args, **kwargs):
     return torch.nn.Linear(1, 1)
 
 
-@pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    from lnrepro.tasks import train
-    from tests.conftest import FAST, NO_PROGRESS_BAR, SYNTHETIC, compose_config
-
-    out = tmp_path_factory.mktemp("run")
-    train(
-        compose_config(
-            "train",
-            out,
-            FAST
-            + NO_PROGRESS_BAR
-            + SYNTHETIC
-            + ["model=ghostnet", "model.width=0.25", "data.image_size=16", "test=false"],
-        )
-    )
-    return out / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def trained_checkpoint(tiny_run) -> Path:
+    return tiny_run.last_checkpoint
 
 
 def test_load_run_gives_the_trained_network_in_eval_mode(trained_checkpoint):

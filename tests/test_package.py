@@ -166,6 +166,7 @@ def test_console_scripts_from_the_wheel_work_from_any_directory(installed, tmp_p
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     (eval_file,) = (tmp_path / "logs" / "eval" / "runs").glob("*/metrics.json")
     assert json.loads(eval_file.read_text())["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert "test/acc" in evaluated.stdout  # the printed table
 
     profiled = subprocess.run(
         [

@@ -13,22 +13,12 @@ from lnrepro.reporting import make_report
 from tests.conftest import compose_config
 
 
-def test_every_key_train_eval_and_profile_write_is_declared(make_train_cfg, make_eval_cfg, tmp_path):
-    from lnrepro.tasks import evaluate, train
+def test_every_key_train_eval_and_profile_write_is_declared(tiny_run, make_eval_cfg, tmp_path):
+    from lnrepro.tasks import evaluate
     from lnrepro.tasks.profile import profile
 
-    trained = train(
-        make_train_cfg(
-            "model.width=0.25",
-            "data.image_size=16",
-            "profile.end_of_fit=true",
-            "profile.runs=2",
-            "profile.throughput_runs=1",
-            "profile.warmup=0",
-            "profile.batch_size=2",
-        )
-    )
-    checkpoint = Path(trained["test/ckpt_path"])
+    checkpoint = tiny_run.best_checkpoint  # a run with the end-of-fit profile: every key train writes
+    trained = tiny_run.metrics
     evaluated = evaluate(make_eval_cfg(f"ckpt_path={checkpoint}", "data=synthetic", "data.image_size=16"))
     profiled = profile(
         compose_config(

@@ -134,11 +134,9 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_train_cfg
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
 
 
-def test_eval_reproduces_the_test_accuracy_of_train(make_train_cfg, make_eval_cfg):
-    train_cfg = make_train_cfg("model=shufflenet_v2", "model.width=0.5", "trainer.max_epochs=2")
-    train(train_cfg)
-    trained = read_metrics(train_cfg)
-    eval_cfg = make_eval_cfg(f"ckpt_path={trained['test/ckpt_path']}")
+def test_eval_reproduces_the_test_accuracy_of_train(tiny_run, make_eval_cfg):
+    trained = json.loads((tiny_run.run_dir / "metrics.json").read_text())
+    eval_cfg = make_eval_cfg(f"ckpt_path={tiny_run.best_checkpoint}")
     evaluated = evaluate(eval_cfg)
     assert float(evaluated["test/acc"]) == pytest.approx(trained["test/acc"], abs=1e-7)
     assert float(evaluated["test/loss"]) == pytest.approx(trained["test/loss"], rel=1e-5)
@@ -146,10 +144,10 @@ def test_eval_reproduces_the_test_accuracy_of_train(make_train_cfg, make_eval_cf
         assert json.load(file)["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-7)
 
 
-def test_eval_applies_data_overrides_to_the_stored_run(make_train_cfg, make_eval_cfg):
-    trained_cfg = make_train_cfg("model=shufflenet_v2", "model.width=0.5")
-    ckpt = train(trained_cfg)["test/ckpt_path"]
-    evaluated = evaluate(make_eval_cfg(f"ckpt_path={ckpt}", "data=synthetic", "data.test_size=16", "data.batch_size=8"))
+def test_eval_applies_data_overrides_to_the_stored_run(tiny_run, make_eval_cfg):
+    ckpt = tiny_run.best_checkpoint
+    overrides = ["data=synthetic", "data.test_size=16", "data.batch_size=8", "profile.runtimes=[]"]
+    evaluated = evaluate(make_eval_cfg(f"ckpt_path={ckpt}", *overrides))
     assert evaluated["data"] == "synthetic"
 
 
