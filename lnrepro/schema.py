@@ -69,6 +69,11 @@ CONV = _key("conv", "-", "conv kind of families with the switch: standard | dwpw
 GROUPS = _key("groups", "-", "ShuffleNet V1 group count")
 STEM = _key("stem", "-", "input stem: cifar | imagenet")
 DATA = _key("data", "-", "data config name")
+MODEL_OPTION = _key(
+    "model/<option>",
+    "-",
+    "a family option as the network was built (dropout, and the family's own, e.g. shallow, shuffle, ghost_ratio)",
+)
 SEED = _key("seed", "-", "the run's random seed")
 CONFIG_DIGEST = _key(
     "config_digest",
@@ -208,6 +213,11 @@ _key("cpu/<feature>", "-", "the CPU's model name and instruction-set features (a
 def runtime_key(pattern: str, runtime: str) -> str:
     """The key of a `<runtime>` pattern above for one runtime: `runtime_key(LATENCY, "onnxruntime")`."""
     return pattern.replace("<runtime>", runtime)
+
+
+def model_option_key(option: str) -> str:
+    """`model/<option>` for one family option: `model_option_key("shallow")`."""
+    return MODEL_OPTION.replace("<option>", option)
 
 
 latency_key = functools.partial(runtime_key, LATENCY)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -176,3 +178,15 @@ def test_a_run_records_the_options_its_family_resolved(make_train_cfg, overrides
     facts = run_facts(cfg)
     assert (facts["conv"], facts["groups"]) == (conv, groups)
     assert facts["model"] == cfg.model.name and facts["width"] == 1.0
+    assert isinstance(facts["model/dropout"], float)  # the family's own default, resolved
+
+
+def test_a_run_records_its_family_options():
+    """Every resolved option beyond the named facts is `model/<option>`: what an ablation table's rows match."""
+    from lnrepro.tasks.common import run_facts
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", Path("unused"), ["model=mobilenet_v1", "+model.activation=relu6", "data=synthetic"])
+    facts = run_facts(cfg)
+    assert facts["model/activation"] == "relu6" and facts["model/dropout"] == 0.0
+    assert "model/num_classes" not in facts and "model/name" not in facts

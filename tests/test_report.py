@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lnrepro.reporting import ReportError, format_value, load_reference, make_report, pareto_front, parse_amount
+from lnrepro.reporting.collect import read_run
 from lnrepro.reporting.reference import shipped_table
 from tests.conftest import ROOT
 
@@ -399,3 +400,26 @@ def test_ghost_vs_dwpw_preset_multirun_then_report_gives_nine_matched_rows(tmp_p
         if row["params"]:  # once the profile keys are in metrics.json: the table's conv-only counts
             assert float(row["params"]) == pytest.approx(float(row["ref_params"]), rel=0.01)
             assert float(row["flops"]) == pytest.approx(float(row["ref_flops"]), rel=0.02)
+
+
+def test_an_ablation_table_matches_runs_by_their_recorded_options(tmp_path):
+    """A table's option columns (here `shallow`, and `conv`) are conditions on what the run recorded; an empty
+    cell matches anything; a column the run has no record of (`note`) is not a condition."""
+    table = tmp_path / "ablation.csv"
+    table.write_text(
+        "model,width,conv,shallow,params,macs_m,top1,note\n"
+        "mobilenet_v1,0.75,dwpw,false,2.6M,325,68.4,baseline\n"
+        "mobilenet_v1,1.0,dwpw,true,2.9M,307,65.3,shallow\n"
+        "mobilenet_v1,1.0,standard,,29.3M,4866,71.7,conv\n"
+    )
+    runs = {
+        "narrow": {"width": 0.75, "conv": "dwpw", "model/shallow": False},
+        "shallow": {"width": 1.0, "conv": "dwpw", "model/shallow": True},
+        "full_conv": {"width": 1.0, "conv": "standard", "model/shallow": False},
+        "deep": {"width": 1.0, "conv": "dwpw", "model/shallow": False},  # no row: shallow differs from row 2
+    }
+    for name, facts in runs.items():
+        write_run(tmp_path / "runs" / name, {**metrics_for("mobilenet_v1"), **facts})
+    reference = load_reference(table)
+    matched = {path.parent.name: reference.match(read_run(path)) for path in (tmp_path / "runs").glob("*/metrics.json")}
+    assert matched == {"narrow": 0, "shallow": 1, "full_conv": 2, "deep": None}

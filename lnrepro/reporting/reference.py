@@ -1,6 +1,6 @@
 """Published tables (reference CSVs) and how a run finds its row in them.
 
-Three layouts are recognised by their header:
+Two layouts are recognised by their header:
 
 - the ghost_vs_dwpw table, seed document 003's CIFAR-10 Ghost vs DW-PW comparison (`ghost_vs_dwpw.csv`:
   model,stem,params,flops,train_s_per_epoch,...): a run matches the row named `<model>_<conv>` (conv `standard` is
@@ -8,12 +8,14 @@ Three layouts are recognised by their header:
   (`params_conv`, `flops_conv`), as document 003 counts them;
 - published ImageNet figures (`imagenet_published.csv`: family,width,groups,resolution,...): a run matches the row
   with its model as `family`, the same `width`, the same `groups` (empty in the CSV = the run has none) and a
-  `resolution` equal to the run's input side (`input_size`, else 224 for data=imagenet, 32 for cifar10);
-- published CIFAR-10 ports (`cifar10_published.csv`: model,width,...): model and width, CIFAR-10 runs only.
+  `resolution` equal to the run's input side (`input_size`, else 224 for data=imagenet, 32 for cifar10).
 
-Any other CSV with a `model` column matches a run whose row name or model equals it (and `width`, when there is such
-a column). When several rows match, the first one is used. `macs_m` (millions of multiply-adds) is shown as FLOPs =
-2 x multiply-adds; `gpu_memory_gb` as MiB (x 1024).
+Any other CSV with a `model` column (published CIFAR-10 ports, the ablation tables, a user's own) matches a run whose
+row name or model equals it, with the same `width` when there is such a column, and the same value in every other
+column that names something the run recorded: `conv`, `groups`, `stem`, `data`, or a family option (`shallow`,
+`shuffle`, `ghost_ratio`...: the run's `model/<option>`); an empty cell matches anything. When several rows match,
+the first one is used. `macs_m` (millions of multiply-adds) is shown as FLOPs = 2 x multiply-adds; `gpu_memory_gb`
+as MiB (x 1024).
 """
 
 from __future__ import annotations
@@ -41,10 +43,43 @@ def parse_amount(text: str | None) -> float | None:
     return float(match.group(1)) * SUFFIX[match.group(2).upper()]
 
 
+#: Columns a run records under the same name; any other condition column is a family option, `model/<column>`.
+RUN_FACT_COLUMNS = (schema.CONV, schema.GROUPS, schema.STEM, schema.DATA)
+
+
+#: Columns of a published table that name a row, hold its figures or describe it; the rest are what it was run with.
+NOT_OPTION_COLUMNS = {
+    "model", "family", "width", "conv", "groups", "stem", "data", "resolution", "params", "flops", "macs_m", "top1",
+    "train_s_per_epoch", "val_s", "infer_ms_per_image", "memory_mib", "memory_mb", "gpu_memory_gb", "source", "note",
+}  # fmt: skip
+
+
+def _conditions(run: Run, row: dict[str, str]) -> list[tuple[str, str]]:
+    """(metrics key, the row's cell) for each non-empty cell of `row` that names something `run` recorded."""
+    found = []
+    for column, cell in row.items():
+        if column in ("model", "width") or not cell or not cell.strip():
+            continue
+        key = column if column in RUN_FACT_COLUMNS else schema.model_option_key(column)
+        if key in run.metrics:
+            found.append((key, cell.strip()))
+    return found
+
+
+def _same(cell: str, value: object) -> bool:
+    """A CSV cell against a recorded value: booleans as true/false, numbers as numbers, the rest as text."""
+    if isinstance(value, bool):
+        return cell.lower() == str(value).lower()
+    if isinstance(value, (int, float)):
+        number = parse_amount(cell)
+        return number is not None and abs(number - value) < 1e-9
+    return cell == str(value)
+
+
 @dataclass
 class Reference:
     path: Path
-    kind: str  # "ghost_vs_dwpw" | "imagenet" | "cifar10_published" | "generic"
+    kind: str  # "ghost_vs_dwpw" | "imagenet" | "generic"
     rows: list[dict[str, str]]
 
     @property
@@ -57,21 +92,33 @@ class Reference:
             "ghost_vs_dwpw": "row `<model>_<conv>` (standard = `conv`) with the same stem; params and FLOPs count "
             "Conv2d layers only, as the table does",
             "imagenet": "family = model, same width, same groups, resolution = the run's input side",
-            "cifar10_published": "model and width (CIFAR-10 runs only); the first matching row",
-            "generic": "`model` = the row name or the model (and the same width when the CSV has one)",
+            "generic": "`model` = the row name or the model, the same width, and the same value in each column the "
+            "run recorded (conv, groups, stem, data, model/<option>); the first matching row",
         }[self.kind]
 
     def label(self, row: dict[str, str]) -> str:
-        if self.kind in ("ghost_vs_dwpw", "generic"):
+        if self.kind == "ghost_vs_dwpw":
             return row.get("model", "?")
         name = row.get("family") or row.get("model") or "?"
+        if self.kind == "generic" and row.get("conv"):
+            name += "_" + ("conv" if row["conv"] == "standard" else row["conv"])
         if row.get("groups"):
             name += f"_g{row['groups']}"
         if row.get("width") and float(row["width"]) != 1.0:
             name += f"_x{float(row['width']):g}"
         if self.kind == "imagenet" and row.get("resolution") and row["resolution"] != "224":
             name += f"@{row['resolution']}"
+        if self.kind == "generic":  # the ablation's switches tell its rows apart
+            name += "".join(
+                f" {column}={cell}" for column, cell in row.items() if column in self.option_columns and cell
+            )
         return name
+
+    @property
+    def option_columns(self) -> list[str]:
+        """Columns that are neither the row's name, width, figures nor description: its family options."""
+        columns = list(self.rows[0]) if self.rows else []
+        return [c for c in columns if c not in NOT_OPTION_COLUMNS]
 
     def values(self, row: dict[str, str]) -> dict[str, float | None]:
         """The row's figures in the report's columns and units."""
@@ -107,13 +154,11 @@ class Reference:
                 and groups == run.groups
                 and (resolution is None or resolution == input_resolution(run.metrics))
             )
-        if self.kind == "cifar10_published":
-            return (
-                row.get("model") == run.model
-                and same_width()
-                and str(run.metrics.get(schema.DATA, "cifar10")) == "cifar10"
-            )
-        return row.get("model") in (run.name, run.model) and same_width()
+        return (
+            row.get("model") in (run.name, run.model)
+            and same_width()
+            and all(_same(cell, run.metrics[key]) for key, cell in _conditions(run, row))
+        )
 
     def match(self, run: Run) -> int | None:
         """Index of the first row that describes this run, or None."""
@@ -173,8 +218,6 @@ def load_reference(path: str | Path) -> Reference:
         kind = "ghost_vs_dwpw"
     elif {"family", "width", "resolution"} <= columns:
         kind = "imagenet"
-    elif {"model", "width", "macs_m"} <= columns:
-        kind = "cifar10_published"
     elif "model" in columns:
         kind = "generic"
     else:

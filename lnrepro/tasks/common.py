@@ -48,6 +48,10 @@ def hydra_multirun_name() -> str | None:
     return multirun_group(hydra_cfg.sweep.dir)
 
 
+#: The model arguments metrics.json names on their own; every other resolved argument is a `model/<option>`.
+NAMED_MODEL_FACTS = ("name", "width", "conv", "groups", "stem", "num_classes")
+
+
 def run_facts(cfg: DictConfig) -> dict[str, Any]:
     """What a report needs to name the run, next to its numbers. The model's options are recorded as its family
     resolves them: the configs leave `conv` and `groups` null for the family's default, and a report matches rows
@@ -55,9 +59,12 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
     from lnrepro.models import resolved_arguments
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
+    options: dict[str, Any] = {}
     if model.pop("_target_", None) == "lnrepro.models.build_model":  # a user's own _target_ keeps its raw values
         model.pop("pretrained", None)
         model = {"name": model["name"], **resolved_arguments(**model)}
+        # the rest (dropout, the family's own switches) too, so that an ablation's rows find their runs
+        options = {schema.model_option_key(key): value for key, value in model.items() if key not in NAMED_MODEL_FACTS}
     return {
         schema.MODEL: model.get("name"),
         schema.WIDTH: model.get("width"),
@@ -66,6 +73,7 @@ def run_facts(cfg: DictConfig) -> dict[str, Any]:
         schema.STEM: model.get("stem"),
         schema.DATA: cfg.data.get("name"),
         schema.SEED: cfg.get("seed"),
+        **options,
     }
 
 
