@@ -33,7 +33,12 @@ ALL_MODELS = [
     "mobilenet_v2",
     "mobilenet_v3_large",
     "mobilenet_v3_small",
+    "resnet110",
+    "resnet20",
+    "resnet32",
     "resnet34",
+    "resnet44",
+    "resnet56",
     "shufflenet_v1",
     "shufflenet_v2",
     "vgg16",
@@ -41,6 +46,9 @@ ALL_MODELS = [
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: He et al.'s CIFAR ResNets, which refuse stem=imagenet.
+CIFAR_ONLY = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
 
 
 def test_list_models():
@@ -68,6 +76,12 @@ def _variants() -> list[tuple[str, dict]]:
     variants += [("vgg16", dict(conv=c)) for c in ("standard", "dwpw", "ghost")]
     variants += [("resnet34", dict(conv=c)) for c in ("standard", "dwpw", "ghost")]
     variants += [("vgg16", dict(width=0.5)), ("resnet34", dict(width=0.5))]
+    variants += [("resnet20", dict(conv=c)) for c in ("standard", "dwpw", "pwdw", "ghost", "ghost_module")]
+    variants += [(name, {}) for name in CIFAR_ONLY[1:]]
+    variants += [("vgg16", dict(conv=c, width=0.25)) for c in ("pwdw", "ghost_module")]
+    variants += [("mobilenet_v1", dict(conv=c, width=0.25)) for c in ("standard", "pwdw")]
+    variants += [("mobilenet_v1", dict(shallow=True, width=0.25)), ("ghostnet", dict(conv="pwdw", width=0.5))]
+    variants += [("ghostnet", dict(width=0.5, ghost_cheap="fixed")), ("ghostnet", dict(width=0.5, ghost_cheap="zeros"))]
     return variants
 
 
@@ -88,6 +102,8 @@ def _train_step(model: nn.Module, images: torch.Tensor, num_classes: int) -> Non
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
 @pytest.mark.parametrize("name,kwargs", _variants(), ids=[_id(*v) for v in _variants()])
 def test_forward_backward_32x32(name, kwargs, stem):
+    if name in CIFAR_ONLY and stem == "imagenet":
+        pytest.skip("a CIFAR network (stem=imagenet is refused)")
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, stem=stem, **kwargs)
     _train_step(model, torch.randn(2, 3, 32, 32), 10)
@@ -115,7 +131,7 @@ def test_forward_backward_224x224(name, kwargs):
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_any_input_resolution(name):
-    model = build_model(name, num_classes=7).eval()
+    model = build_model(name, num_classes=7, stem="cifar" if name in CIFAR_ONLY else "imagenet").eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 67, 45)).shape == (1, 7)
 
@@ -269,12 +285,21 @@ BAD_INPUT = [
     ("mobilenet_v2", dict(width="wide"), "width must be > 0 (got 'wide')"),
     ("mobilenet_v2", dict(num_classes=0), "num_classes must be a positive integer (got 0)"),
     ("mobilenet_v2", dict(stem="tiny"), "unknown stem 'tiny'; choose one of: imagenet, cifar"),
-    ("ghostnet", dict(conv="sparse"), "unknown conv kind 'sparse'; choose one of: standard, dwpw, ghost"),
-    ("vgg16", dict(conv="depthwise"), "unknown conv kind 'depthwise'; choose one of: standard, dwpw, ghost"),
+    (
+        "ghostnet",
+        dict(conv="sparse"),
+        "unknown conv kind 'sparse' for ghostnet; choose one of: ghost, standard, dwpw, pwdw",
+    ),
+    (
+        "vgg16",
+        dict(conv="depthwise"),
+        "unknown conv kind 'depthwise' for vgg16; choose one of: standard, dwpw, pwdw, ghost, ghost_module",
+    ),
     (
         "mobilenet_v2",
         dict(conv="ghost"),
-        "mobilenet_v2 has no conv-kind switch (conv='ghost'); model.conv applies to ghostnet, resnet34, vgg16 only",
+        "mobilenet_v2 has no conv-kind switch (conv='ghost'); model.conv applies to ghostnet, mobilenet_v1, "
+        "resnet110, resnet20, resnet32, resnet34, resnet44, resnet56, vgg16 only",
     ),
     ("shufflenet_v1", dict(groups=5), "shufflenet_v1: groups=5 is not supported; choose one of 1, 2, 3, 4, 8"),
     (
@@ -361,13 +386,29 @@ def test_pretrained_file_holding_code_is_refused_with_how_to_save_its_tensors(tm
 # ---------------------------------------------------------------------------------------------------------------
 def test_resolved_arguments_fill_in_each_family_default():
     assert resolved_arguments("ghostnet") == dict(
-        width=1.0, num_classes=1000, stem="imagenet", conv="ghost", dropout=0.2
+        width=1.0,
+        num_classes=1000,
+        stem="imagenet",
+        conv="ghost",
+        dropout=0.2,
+        ghost_ratio=2,
+        ghost_kernel=3,
+        ghost_cheap="learned",
     )
     assert resolved_arguments("shufflenet_v1")["groups"] == 3
     assert resolved_arguments("shufflenet_v1", groups=8)["groups"] == 8
     assert resolved_arguments("vgg16", conv="dwpw", dropout=0.1) == dict(
-        width=1.0, num_classes=1000, stem="imagenet", conv="dwpw", dropout=0.1
+        width=1.0,
+        num_classes=1000,
+        stem="imagenet",
+        conv="dwpw",
+        dropout=0.1,
+        ghost_ratio=2,
+        ghost_kernel=3,
+        ghost_cheap="learned",
+        cifar_classifier="linear",
     )
+    assert resolved_arguments("mobilenet_v1")["conv"] == "dwpw" and not resolved_arguments("mobilenet_v1")["shallow"]
     # defaults that depend on other arguments
     assert [resolved_arguments("vgg16", stem=stem)["dropout"] for stem in ("imagenet", "cifar")] == [0.5, 0.0]
     assert [resolved_arguments("shufflenet_v2", width=w)["dropout"] for w in (1.5, 2.0)] == [0.0, 0.2]

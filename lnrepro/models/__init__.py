@@ -8,6 +8,7 @@ from lnrepro.models.registry import build_model, list_models, register_model, re
 
 # Importing the family modules registers them.
 from lnrepro.models import (  # noqa: F401  isort: skip
+    cifar_resnet,
     ghostnet,
     mobilenet_v1,
     mobilenet_v2,

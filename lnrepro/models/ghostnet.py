@@ -8,8 +8,12 @@ of 4. Channels are scaled by width and rounded to multiples of 4 (`scale_channel
 width > 0 builds; 0.5, 1.0 and 1.3 are the paper's.
 
 `conv` (document 003's ghost_vs_dwpw table): every Ghost module becomes a standard 3x3 conv ("standard"), a 3x3
-depthwise + 1x1 pointwise conv ("dwpw") or stays itself ("ghost", the default). The stem, the depthwise convs
-of the bottlenecks, the shortcuts, SE and the head are unchanged.
+depthwise + 1x1 pointwise conv ("dwpw"), the same two in the reverse order ("pwdw", document 003's discussion) or
+stays itself ("ghost", the default). The stem, the depthwise convs of the bottlenecks, the shortcuts, SE and the
+head are unchanged. "ghost_module" (a Ghost module in place of each conv, the other families' switch) is refused:
+GhostNet's slots already are Ghost modules. Under conv="ghost", `ghost_ratio` (s, default 2), `ghost_kernel` (d,
+the cheap depthwise kernel, default 3) and `ghost_cheap` ("learned", "zeros", "fixed": `layers.GhostModule`) tune
+all 32 of them; the paper's ImageNet GhostNet is s=2, d=3, learned.
 
 stem="cifar": the stem conv and the first stride-2 bottleneck run at stride 1, the MobileNet V2 CIFAR rule
 (total stride 8). Note that the ghost_vs_dwpw table's GhostNet rows are the unmodified network (stem="imagenet")
@@ -21,7 +25,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lnrepro.models.layers import ConvBnAct, SqueezeExcite, cifar_strides, conv_slot, init_weights, scale_channels
+from lnrepro.models.layers import (
+    ConvBnAct,
+    SqueezeExcite,
+    check_ghost_options,
+    cifar_strides,
+    conv_slot,
+    init_weights,
+    scale_channels,
+)
 from lnrepro.models.registry import register_model
 
 # Paper Table 1 / official code, one row per bottleneck, grouped in the official code's stages:
@@ -53,9 +65,13 @@ class GhostBottleneck(nn.Module):
         stride: int,
         se_ratio: float,
         conv: str,
+        ghost: dict | None = None,
     ) -> None:
         super().__init__()
-        self.ghost1 = conv_slot(conv, in_channels, mid_channels, act_layer=nn.ReLU, ghost_after_depthwise=False)
+        ghost = ghost or {}
+        self.ghost1 = conv_slot(
+            conv, in_channels, mid_channels, act_layer=nn.ReLU, ghost_after_depthwise=False, **ghost
+        )
         if stride > 1:
             self.conv_dw = nn.Conv2d(
                 mid_channels, mid_channels, kernel, stride, (kernel - 1) // 2, groups=mid_channels, bias=False
@@ -64,7 +80,7 @@ class GhostBottleneck(nn.Module):
         else:
             self.conv_dw = self.bn_dw = None
         self.se = SqueezeExcite(mid_channels, scale_channels(mid_channels, se_ratio, 4)) if se_ratio > 0 else None
-        self.ghost2 = conv_slot(conv, mid_channels, out_channels, act_layer=None, ghost_after_depthwise=False)
+        self.ghost2 = conv_slot(conv, mid_channels, out_channels, act_layer=None, ghost_after_depthwise=False, **ghost)
         if in_channels == out_channels and stride == 1:
             self.shortcut = nn.Sequential()
         else:
@@ -88,7 +104,9 @@ class GhostBottleneck(nn.Module):
 class GhostNet(nn.Module):
     classifier_name = "classifier"
 
-    def __init__(self, width: float, num_classes: int, stem: str, conv: str, dropout: float) -> None:
+    def __init__(
+        self, width: float, num_classes: int, stem: str, conv: str, dropout: float, ghost: dict | None = None
+    ) -> None:
         super().__init__()
         cifar = stem == "cifar"
         stem_channels = scale_channels(16, width, 4)
@@ -105,7 +123,9 @@ class GhostNet(nn.Module):
                 stride = next(strides)
                 out_channels = scale_channels(channels, width, 4)
                 mid_channels = scale_channels(expansion, width, 4)
-                blocks.append(GhostBottleneck(in_channels, mid_channels, out_channels, kernel, stride, se_ratio, conv))
+                blocks.append(
+                    GhostBottleneck(in_channels, mid_channels, out_channels, kernel, stride, se_ratio, conv, ghost)
+                )
                 in_channels = out_channels
             stages.append(nn.Sequential(*blocks))
         last_conv_channels = scale_channels(STAGES[-1][-1][1], width, 4)  # 960 x width
@@ -136,7 +156,25 @@ class GhostNet(nn.Module):
         return names
 
 
-@register_model
-def ghostnet(*, width: float, num_classes: int, stem: str, conv: str = "ghost", dropout: float = 0.2) -> GhostNet:
-    """Dropout 0.2 before the classifier: the official code."""
-    return GhostNet(width, num_classes, stem, conv, dropout)
+@register_model(
+    conv_choices=("ghost", "standard", "dwpw", "pwdw"),
+    conv_refusals={
+        "ghost_module": "its slots already are Ghost modules (conv=ghost), which model.ghost_ratio, "
+        "model.ghost_kernel and model.ghost_cheap tune"
+    },
+)
+def ghostnet(
+    *,
+    width: float,
+    num_classes: int,
+    stem: str,
+    conv: str = "ghost",
+    dropout: float = 0.2,
+    ghost_ratio: int = 2,
+    ghost_kernel: int = 3,
+    ghost_cheap: str = "learned",
+) -> GhostNet:
+    """Dropout 0.2 before the classifier: the official code. Ghost modules: ratio 2, 3x3 cheap convs (paper)."""
+    check_ghost_options("ghostnet", ghost_ratio, ghost_kernel, ghost_cheap)
+    ghost = dict(ghost_ratio=ghost_ratio, ghost_kernel=ghost_kernel, ghost_cheap=ghost_cheap)
+    return GhostNet(width, num_classes, stem, conv, dropout, ghost)

@@ -3,9 +3,11 @@
 Each family file registers its builder with `@register_model`, under the builder's function name. The builder's
 keyword-only parameters are what the family takes, and their defaults are the family's defaults, declared nowhere
 else: `dropout`, `conv` where the family has the conv-kind switch, `groups` where it has ShuffleNet's group count,
-and its own options (mobilenet_v1's `activation`). A default that depends on other arguments is a `DependsOn`
-(VGG16's dropout depends on the stem). `width`, `num_classes` and `stem`, which every family takes, have no
-default there: theirs are `resolved_arguments`'s.
+and its own options (mobilenet_v1's `activation` and `shallow`, the Ghost options `ghost_ratio`, `ghost_kernel`,
+`ghost_cheap`). The conv kinds a family offers and the group counts it accepts are declared beside it, once:
+``@register_model(conv_choices=("standard", "dwpw", ...))``, ``@register_model(group_choices=(1, 2, 3, 4, 8))``.
+A default that depends on other arguments is a `DependsOn` (VGG16's dropout depends on the stem). `width`,
+`num_classes` and `stem`, which every family takes, have no default there: theirs are `resolved_arguments`'s.
 
 `build_model` checks every argument once, here, so that a bad value always raises `UserInputError` with the same
 kind of one-sentence message. None for an option means the family's default: the config files leave the options
@@ -27,7 +29,7 @@ from typing import Any
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import STEMS, check_conv_kind
+from lnrepro.models.layers import GHOST_CONV_KINDS, GHOST_OPTIONS, STEMS, check_conv_kind
 from lnrepro.models.pretrained import load_pretrained
 
 #: Arguments with one meaning in every family that takes them; anything else a builder declares is a family option.
@@ -53,6 +55,9 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     group_choices: tuple[int, ...] = ()
+    conv_choices: tuple[str, ...] = ()
+    #: conv kind -> why the family does not offer it, said when it is asked for (GhostNet's ghost_module)
+    conv_refusals: tuple[tuple[str, str], ...] = ()
 
     @property
     def parameters(self) -> dict[str, inspect.Parameter]:
@@ -70,17 +75,31 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    builder: Callable[..., nn.Module] | None = None, /, *, name: str | None = None, group_choices: tuple[int, ...] = ()
+    builder: Callable[..., nn.Module] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    group_choices: tuple[int, ...] = (),
+    conv_choices: tuple[str, ...] = (),
+    conv_refusals: dict[str, str] | None = None,
 ) -> Any:
     """Decorator adding a builder to the registry, as ``@register_model`` or ``@register_model(group_choices=...)``.
 
     `name`: the name `build_model` knows it by, by default the builder's function name. `group_choices`: the
-    values a `groups` parameter accepts. The builder's parameters are keyword-only; all but width, num_classes and
-    stem have a default.
+    values a `groups` parameter accepts. `conv_choices`: the conv kinds (`layers.CONV_KINDS`) a `conv` parameter
+    accepts, as users will see them listed; `conv_refusals`: {kind: why this family does not offer it}, for a
+    kind a user could reasonably expect. The builder's parameters are keyword-only; all but width, num_classes
+    and stem have a default.
     """
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        entry = ModelEntry(name or builder.__name__, builder, tuple(group_choices))
+        entry = ModelEntry(
+            name or builder.__name__,
+            builder,
+            tuple(group_choices),
+            tuple(conv_choices),
+            tuple((conv_refusals or {}).items()),
+        )
         if entry.name in _REGISTRY:
             raise RuntimeError(f"model {entry.name!r} registered twice")
         for parameter in entry.parameters.values():
@@ -93,6 +112,12 @@ def register_model(
                 )
         if entry.takes("groups") != bool(entry.group_choices):
             raise TypeError(f"{entry.name}: a `groups` parameter and group_choices come together")
+        if entry.takes("conv") != bool(entry.conv_choices):
+            raise TypeError(f"{entry.name}: a `conv` parameter and conv_choices come together")
+        for kind in entry.conv_choices:
+            check_conv_kind(kind)
+        if entry.takes("conv") and entry.parameters["conv"].default not in entry.conv_choices:
+            raise TypeError(f"{entry.name}: the default conv kind must be one of its conv_choices")
         _REGISTRY[entry.name] = entry
         return builder
 
@@ -149,7 +174,8 @@ def resolved_arguments(
         width: width multiplier (> 0); every family accepts any width (see each family for its rounding).
         num_classes: size of the classifier output.
         stem: "imagenet" (the paper's network) or "cifar" (the family's documented 32x32 adaptation).
-        conv: standard | dwpw | ghost on the families with the conv-kind switch (vgg16, resnet34, ghostnet).
+        conv: a conv kind the family offers (`layers.CONV_KINDS`: standard, dwpw, pwdw, ghost, ghost_module;
+            each family's list is its `conv_choices`).
         groups: ShuffleNet V1's group count (1, 2, 3, 4, 8).
         dropout: dropout before the classifier, in [0, 1).
         family_options: the family's own options, e.g. ``activation="relu6"`` for mobilenet_v1.
@@ -166,7 +192,12 @@ def resolved_arguments(
     if not entry.takes("conv"):
         _refuse_option(name, "conv", conv, "has no conv-kind switch")
     elif conv is not None:
-        given["conv"] = check_conv_kind(conv)
+        refusal = dict(entry.conv_refusals).get(conv)
+        if refusal:
+            raise UserInputError(
+                f"{name} does not take conv={conv!r}: {refusal}; choose one of: {_choices(entry.conv_choices)}"
+            )
+        given["conv"] = check_conv_kind(conv, entry.conv_choices, name)
     if not entry.takes("groups"):
         _refuse_option(name, "groups", groups, "has no groups option")
     elif groups is not None:
@@ -192,6 +223,14 @@ def resolved_arguments(
     for option, value in arguments.items():
         if isinstance(value, DependsOn):
             arguments[option] = value.value(arguments)
+    # A Ghost option set where the conv kind builds no Ghost module would change nothing: refuse it, not ignore it.
+    tuned = [option for option in GHOST_OPTIONS if family_options.get(option) is not None]
+    if tuned and arguments.get("conv") not in GHOST_CONV_KINDS:
+        kinds = [kind for kind in entry.conv_choices if kind in GHOST_CONV_KINDS]
+        raise UserInputError(
+            f"{name}: {tuned[0]} tunes Ghost modules, which conv={arguments.get('conv')!r} does not build; "
+            f"use it with conv={' or '.join(kinds)}, or leave it unset (null)"
+        )
     return arguments
 
 

@@ -7,10 +7,11 @@ stem="cifar": the CIFAR ResNet34 of the ghost_vs_dwpw table (kuangliu/pytorch-ci
 max-pool (total stride 8).
 
 `conv` (document 003's ghost_vs_dwpw table): every non-1x1 conv becomes a standard 3x3 conv (default), a 3x3
-depthwise + 1x1 pointwise conv ("dwpw") or a 3x3 depthwise conv + Ghost module ("ghost"); see
-`layers.conv_slot`. That includes the 3x3 stem conv of the CIFAR network (the table's parameter and FLOP
-counts need it); the 7x7 ImageNet stem and the 1x1 shortcuts stay standard convs. `width` scales the channels
-(multiples of 8).
+depthwise + 1x1 pointwise conv ("dwpw"), the reverse order ("pwdw"), a 3x3 depthwise conv + Ghost module ("ghost")
+or one Ghost module with a 3x3 primary conv ("ghost_module", the GhostNet paper's CIFAR-10 replacement); see
+`layers.conv_slot`; `ghost_ratio`, `ghost_kernel` and `ghost_cheap` tune the Ghost modules. That includes the 3x3
+stem conv of the CIFAR network (the table's parameter and FLOP counts need it); the 7x7 ImageNet stem and the 1x1
+shortcuts stay standard convs. `width` scales the channels (multiples of 8).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lnrepro.models.layers import ConvBnAct, conv_slot, init_weights, scale_channels
+from lnrepro.models.layers import ConvBnAct, check_ghost_options, conv_slot, init_weights, scale_channels
 from lnrepro.models.registry import register_model
 
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -26,10 +27,11 @@ STAGE_CHANNELS = (64, 128, 256, 512)
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stride: int, conv: str) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, conv: str, ghost: dict | None = None) -> None:
         super().__init__()
-        self.conv1 = conv_slot(conv, in_channels, out_channels, stride, act_layer=nn.ReLU)
-        self.conv2 = conv_slot(conv, out_channels, out_channels, 1, act_layer=None)
+        ghost = ghost or {}
+        self.conv1 = conv_slot(conv, in_channels, out_channels, stride, act_layer=nn.ReLU, **ghost)
+        self.conv2 = conv_slot(conv, out_channels, out_channels, 1, act_layer=None, **ghost)
         if stride != 1 or in_channels != out_channels:
             self.downsample = ConvBnAct(in_channels, out_channels, 1, stride, act_layer=None)
         else:
@@ -43,18 +45,21 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     classifier_name = "fc"
 
-    def __init__(self, width: float, num_classes: int, stem: str, conv: str, dropout: float) -> None:
+    def __init__(
+        self, width: float, num_classes: int, stem: str, conv: str, dropout: float, ghost: dict | None = None
+    ) -> None:
         super().__init__()
+        ghost = ghost or {}
         in_channels = scale_channels(STAGE_CHANNELS[0], width)
         if stem == "cifar":
-            self.stem = conv_slot(conv, 3, in_channels, 1, act_layer=nn.ReLU)
+            self.stem = conv_slot(conv, 3, in_channels, 1, act_layer=nn.ReLU, **ghost)
         else:
             self.stem = nn.Sequential(ConvBnAct(3, in_channels, 7, 2), nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
         for index, (blocks, channels) in enumerate(zip(STAGE_BLOCKS, STAGE_CHANNELS)):
             out_channels = scale_channels(channels, width)
             stride = 1 if index == 0 else 2
-            layer = [BasicBlock(in_channels, out_channels, stride, conv)]
-            layer += [BasicBlock(out_channels, out_channels, 1, conv) for _ in range(blocks - 1)]
+            layer = [BasicBlock(in_channels, out_channels, stride, conv, ghost)]
+            layer += [BasicBlock(out_channels, out_channels, 1, conv, ghost) for _ in range(blocks - 1)]
             setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
             in_channels = out_channels
         self.dropout = nn.Dropout(dropout)
@@ -78,7 +83,19 @@ class ResNet(nn.Module):
         return names
 
 
-@register_model
-def resnet34(*, width: float, num_classes: int, stem: str, conv: str = "standard", dropout: float = 0.0) -> ResNet:
+@register_model(conv_choices=("standard", "dwpw", "pwdw", "ghost", "ghost_module"))
+def resnet34(
+    *,
+    width: float,
+    num_classes: int,
+    stem: str,
+    conv: str = "standard",
+    dropout: float = 0.0,
+    ghost_ratio: int = 2,
+    ghost_kernel: int = 3,
+    ghost_cheap: str = "learned",
+) -> ResNet:
     """The paper uses no dropout."""
-    return ResNet(width, num_classes, stem, conv, dropout)
+    check_ghost_options("resnet34", ghost_ratio, ghost_kernel, ghost_cheap)
+    ghost = dict(ghost_ratio=ghost_ratio, ghost_kernel=ghost_kernel, ghost_cheap=ghost_cheap)
+    return ResNet(width, num_classes, stem, conv, dropout, ghost)
