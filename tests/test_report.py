@@ -334,8 +334,11 @@ def test_report_help_lists_ghost_vs_dwpw_and_not_seed_as_a_table(capsys):
     assert exited.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the option help
     epilog = text.split("Published tables shipped with lnrepro (--reference NAME): ", 1)[1]
-    assert [entry.split(":")[0] for entry in epilog.split("; ")] == ["ghost_vs_dwpw", "imagenet", "cifar10"]
-    assert "side by side: ghost_vs_dwpw, imagenet, cifar10 or a CSV path" in text
+    from lnrepro.reporting.reference import SHIPPED_TABLES
+
+    names = [entry.split(":")[0] for entry in epilog.split("; ")]
+    assert names[:3] == ["ghost_vs_dwpw", "imagenet", "cifar10"] and names == list(SHIPPED_TABLES)  # + the ablations
+    assert f"side by side: {', '.join(SHIPPED_TABLES)} or a CSV path" in text
     assert "seed," not in text and "seed:" not in text
 
 

@@ -212,7 +212,9 @@ def resolved_arguments(
         given["dropout"] = float(dropout)
 
     options = entry.family_options
-    unknown = sorted(set(family_options) - set(options))
+    # None is every option's "the family's default", so a family without the option accepts it (as for conv and
+    # groups): a preset sweeping several families can set one family's option for that family alone.
+    unknown = sorted(option for option, value in family_options.items() if option not in options and value is not None)
     if unknown:
         valid = _choices(options) if options else "none"
         raise UserInputError(f"{name} does not take option {unknown[0]!r}; its options are: {valid}")

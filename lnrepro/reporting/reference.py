@@ -177,6 +177,26 @@ SHIPPED_TABLES = {
     ),
     "imagenet": ("imagenet_published.csv", "published ImageNet figures (family, width, groups, resolution)"),
     "cifar10": ("cifar10_published.csv", "published CIFAR-10 figures of CIFAR-adapted ports (model, width)"),
+    "mobilenet_v1_table4": (
+        "mobilenet_v1_table4.csv",
+        "MobileNet V1's Table 4: depthwise separable vs full convolutions (model, width, conv)",
+    ),
+    "mobilenet_v1_table5": (
+        "mobilenet_v1_table5.csv",
+        "MobileNet V1's Table 5: narrow (width 0.75) vs shallow (model, width, conv, shallow)",
+    ),
+    "ghostnet_table2": (
+        "ghostnet_table2.csv",
+        "GhostNet paper's Table 2: Ghost-VGG-16 on CIFAR-10 by cheap kernel d (conv, ghost_ratio, ghost_kernel)",
+    ),
+    "ghostnet_table3": (
+        "ghostnet_table3.csv",
+        "GhostNet paper's Table 3: Ghost-VGG-16 on CIFAR-10 by ratio s (conv, ghost_ratio, ghost_kernel)",
+    ),
+    "ghostnet_table4": (
+        "ghostnet_table4.csv",
+        "GhostNet paper's Table 4: VGG-16 / ResNet-56 with and without Ghost modules on CIFAR-10, pruning baselines",
+    ),
 }
 
 
