@@ -19,6 +19,28 @@ Channel rule (`stage_channels`):
   stem (official 24, rule 36), which is why the official tables are kept as they are.
 
 stem="cifar": the stem conv at stride 1 and no max-pool (total stride 8).
+
+``shuffle=False``: the paper's Table 3 ablation (sec. 4.1.2; `experiment=shufflenet_v1_table3`): the channel
+shuffle is left out of every unit and nothing else changes (same layers, parameters and multiply-adds), so each
+grouped 1x1 conv sees only the channels of its own group's path.
+
+Table 3's networks against the complexities the paper prints for them (multiply-adds at 224, 1000 classes;
+lnrepro/reference/shufflenet_v1_table3.csv). Table 3 prints none itself; Table 1 gives each 1x network's (137M at
+g=3 and g=8: ours 137.5M and 138.4M) and Table 2 one figure per width for all five group counts (140, 38, 13).
+Table 1's five figures (143/140/137/133/137M) are all the body without the 1000-way classifier, to the printed
+digit (ours without it: 142.5/140.0/136.5/133.3/136.8M). Where a count differs:
+- 1x: Table 2's 140 is the shared budget of the column ("roughly unchanged (~140 MFLOPs)", sec. 3.3), not the
+  count of a network; Table 1's 137 is.
+- 0.5x g=3 (official table, stem 12): 37.6M against 38.
+- 0.5x g=8 (official table, stem 16): 40.5M against 38. The paper's figure fits Table 1's g=8 network scaled by
+  exactly 0.5 (stem 12, stages 192/384/768): counts are linear in the stem width and give 38.5M (37.8M without
+  the classifier) for it. That network cannot be built as Table 1 describes it, since its first unit would make
+  192 - 12 = 180 channels in 8 groups; the official code uses stem 16 instead (its README prints 40M), and so do
+  we.
+- 0.25x g=3 (rule: stem 12): 13.3M against 13.
+- 0.25x g=8 (rule: stem 8): 12.4M against 13. Table 1 scaled by 0.25 (stem 6) cannot be built (96 - 6 = 90
+  channels in 8 groups); the buildable stems 8 and 16 give 12.4M and 15.7M, so Table 2's 13 is the column's
+  budget, as for 1x (the same column holds 13 for the g=3 network, whose stem-12 count fits it).
 """
 
 from __future__ import annotations
@@ -67,10 +89,19 @@ def stage_channels(groups: int, width: float) -> tuple[int, int, int, int]:
 class ShuffleUnit(nn.Module):
     """ShuffleNet unit: grouped 1x1 -> shuffle -> 3x3 depthwise -> grouped 1x1 (paper Fig. 2b/2c)."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int, stride: int, group_first_conv: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        stride: int,
+        group_first_conv: bool,
+        shuffle: bool = True,
+    ) -> None:
         super().__init__()
         self.stride = stride
         self.groups = groups
+        self.shuffle = shuffle
         bottleneck = out_channels // 4
         # A stride-2 unit concatenates its input (average-pooled), so it makes only the missing channels.
         made_channels = out_channels - in_channels if stride == 2 else out_channels
@@ -82,7 +113,7 @@ class ShuffleUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.compress(x)
-        if self.groups > 1:
+        if self.shuffle and self.groups > 1:
             out = channel_shuffle(out, self.groups)
         out = self.expand(self.depthwise(out))
         if self.shortcut is None:
@@ -93,7 +124,9 @@ class ShuffleUnit(nn.Module):
 class ShuffleNetV1(nn.Module):
     classifier_name = "classifier"
 
-    def __init__(self, width: float, num_classes: int, stem: str, groups: int, dropout: float) -> None:
+    def __init__(
+        self, width: float, num_classes: int, stem: str, groups: int, dropout: float, shuffle: bool = True
+    ) -> None:
         super().__init__()
         cifar = stem == "cifar"
         stem_channels, *stage_outs = stage_channels(groups, width)
@@ -112,6 +145,7 @@ class ShuffleNetV1(nn.Module):
                         groups,
                         stride=2 if first else 1,
                         group_first_conv=not (stage == 0 and first),
+                        shuffle=shuffle,
                     )
                 )
                 in_channels = out_channels
@@ -127,9 +161,14 @@ class ShuffleNetV1(nn.Module):
 
 
 @register_model(group_choices=GROUP_CHOICES)
-def shufflenet_v1(*, width: float, num_classes: int, stem: str, groups: int = 3, dropout: float = 0.0) -> ShuffleNetV1:
-    """Groups 3: the paper's main model. No dropout: neither the paper nor the official code uses one."""
+def shufflenet_v1(
+    *, width: float, num_classes: int, stem: str, groups: int = 3, dropout: float = 0.0, shuffle: bool = True
+) -> ShuffleNetV1:
+    """Groups 3: the paper's main model. No dropout: neither the paper nor the official code uses one.
+    `shuffle`: False removes the channel shuffle (the paper's Table 3 ablation)."""
+    if not isinstance(shuffle, bool):
+        raise UserInputError(f"shufflenet_v1: shuffle must be true or false (got {shuffle!r})")
     stem_channels, stage2_channels = stage_channels(groups, width)[:2]
     if stage2_channels <= stem_channels:  # only for absurdly small widths
         raise UserInputError(f"shufflenet_v1: width={width:g} is too small for groups={groups}; use a width >= 0.1")
-    return ShuffleNetV1(width, num_classes, stem, groups, dropout)
+    return ShuffleNetV1(width, num_classes, stem, groups, dropout, shuffle)

@@ -197,6 +197,14 @@ SHIPPED_TABLES = {
         "ghostnet_table4.csv",
         "GhostNet paper's Table 4: VGG-16 / ResNet-56 with and without Ghost modules on CIFAR-10, pruning baselines",
     ),
+    "mobilenet_v2_figure6": (
+        "mobilenet_v2_figure6.csv",
+        "MobileNet V2's Figure 6 ablations: linear bottleneck, shortcut placement (no accuracies printed)",
+    ),
+    "shufflenet_v1_table3": (
+        "shufflenet_v1_table3.csv",
+        "ShuffleNet V1's Table 3: width x groups with and without channel shuffle (model, width, groups, shuffle)",
+    ),
 }
 
 
