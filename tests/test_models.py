@@ -310,7 +310,16 @@ BAD_INPUT = [
     ("shufflenet_v2", dict(width=0), "width must be > 0 (got 0)"),
     ("shufflenet_v2", dict(width=-1), "width must be > 0 (got -1)"),
     ("mobilenet_v2", dict(dropout=1.5), "dropout must be in [0, 1) or null for the paper's value (got 1.5)"),
-    ("mobilenet_v2", dict(activation="relu6"), "mobilenet_v2 does not take option 'activation'; its options are: none"),
+    (
+        "shufflenet_v2",
+        dict(activation="relu6"),
+        "shufflenet_v2 does not take option 'activation'; its options are: none",
+    ),
+    (
+        "mobilenet_v2",
+        dict(activation="relu6"),
+        "mobilenet_v2 does not take option 'activation'; its options are: linear_bottleneck, shortcut",
+    ),
     ("mobilenet_v1", dict(act="relu6"), "mobilenet_v1 does not take option 'act'; its options are: activation"),
     (
         "mobilenet_v1",
