@@ -315,6 +315,20 @@ def test_mobilenet_v2_and_shufflenet_v1_refuse_the_other_familys_option_from_the
             build_model(**arguments)
 
 
+def test_mobilenet_v2_figure6_preset_refuses_an_unknown_row_in_one_line_naming_the_rows(make_train_cfg):
+    from omegaconf import OmegaConf
+
+    cfg = make_train_cfg("experiment=mobilenet_v2_figure6", "figure6_row=sideways")
+    arguments = OmegaConf.to_container(cfg.model, resolve=True)
+    arguments.pop("_target_")
+    with pytest.raises(UserInputError) as refused:
+        build_model(**arguments)
+    text = str(refused.value)
+    assert "figure6_row=sideways is not one of" in text and "\n" not in text
+    for row in ("linear_bottleneck", "relu6_bottleneck", "expansion_shortcut", "no_residual"):
+        assert row in text
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The presets' multiruns, one tiny epoch per row
 # ---------------------------------------------------------------------------------------------------------------
