@@ -62,8 +62,8 @@ class MobileNetV1(nn.Module):
         stem: str,
         dropout: float,
         act_layer,
-        conv: str = "dwpw",
-        shallow: bool = False,
+        conv: str,
+        shallow: bool,
     ) -> None:
         super().__init__()
         cifar = stem == "cifar"

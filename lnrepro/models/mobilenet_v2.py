@@ -67,8 +67,8 @@ class InvertedResidual(nn.Module):
         out_channels: int,
         stride: int,
         expand_ratio: int,
-        linear_bottleneck: bool = True,
-        residual: bool = True,
+        linear_bottleneck: bool,
+        residual: bool,
     ) -> None:
         super().__init__()
         hidden = int(round(in_channels * expand_ratio))
@@ -117,8 +117,8 @@ class MobileNetV2(nn.Module):
         num_classes: int,
         stem: str,
         dropout: float,
-        linear_bottleneck: bool = True,
-        shortcut: str = "bottleneck",
+        linear_bottleneck: bool,
+        shortcut: str,
     ) -> None:
         super().__init__()
         cifar = stem == "cifar"

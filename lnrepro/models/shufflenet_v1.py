@@ -96,7 +96,7 @@ class ShuffleUnit(nn.Module):
         groups: int,
         stride: int,
         group_first_conv: bool,
-        shuffle: bool = True,
+        shuffle: bool,
     ) -> None:
         super().__init__()
         self.stride = stride
@@ -124,9 +124,7 @@ class ShuffleUnit(nn.Module):
 class ShuffleNetV1(nn.Module):
     classifier_name = "classifier"
 
-    def __init__(
-        self, width: float, num_classes: int, stem: str, groups: int, dropout: float, shuffle: bool = True
-    ) -> None:
+    def __init__(self, width: float, num_classes: int, stem: str, groups: int, dropout: float, shuffle: bool) -> None:
         super().__init__()
         cifar = stem == "cifar"
         stem_channels, *stage_outs = stage_channels(groups, width)
