@@ -735,22 +735,8 @@ def test_ghost_and_mobilenet_v1_presets_sweep_exactly_their_tables_rows(make_tra
         assert recipe.data.name == "imagenet" and recipe.optimizer.lr == 0.045
 
 
-GHOST_TINY_SWEEP = [
-    "data=synthetic",
-    "data.image_size=32",  # VGG-16's five max-pools need 32x32
-    "data.train_size=16",
-    "data.val_size=16",
-    "data.test_size=16",
-    "data.batch_size=16",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "trainer.devices=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "profile.end_of_fit=false",
-    "logger=none",
-    "print_config=false",
-]
+# VGG-16's five max-pools need 32x32
+GHOST_TINY_SWEEP = [o for o in TINY_SWEEP if not o.startswith("data.image_size=")] + ["data.image_size=32"]
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import check_ghost_options, conv_slot, init_weights, scale_channels
+from lnrepro.models.layers import conv_slot, ghost_options, init_weights, scale_channels
 from lnrepro.models.registry import register_model
 
 STAGE_CHANNELS = (16, 32, 64)
@@ -108,8 +108,7 @@ def _register(depth: int) -> None:
         """He et al.'s CIFAR ResNet (no dropout in the paper)."""
         if stem != "cifar":
             raise UserInputError(f"{name} is a CIFAR network: stem={stem!r} is not offered; use stem=cifar")
-        check_ghost_options(name, ghost_ratio, ghost_kernel, ghost_cheap)
-        ghost = dict(ghost_ratio=ghost_ratio, ghost_kernel=ghost_kernel, ghost_cheap=ghost_cheap)
+        ghost = ghost_options(name, ghost_ratio, ghost_kernel, ghost_cheap)
         return CifarResNet(blocks, width, num_classes, conv, dropout, ghost)
 
     builder.__name__ = builder.__qualname__ = name

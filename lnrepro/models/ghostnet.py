@@ -28,9 +28,9 @@ from torch import nn
 from lnrepro.models.layers import (
     ConvBnAct,
     SqueezeExcite,
-    check_ghost_options,
     cifar_strides,
     conv_slot,
+    ghost_options,
     init_weights,
     scale_channels,
 )
@@ -175,6 +175,5 @@ def ghostnet(
     ghost_cheap: str = "learned",
 ) -> GhostNet:
     """Dropout 0.2 before the classifier: the official code. Ghost modules: ratio 2, 3x3 cheap convs (paper)."""
-    check_ghost_options("ghostnet", ghost_ratio, ghost_kernel, ghost_cheap)
-    ghost = dict(ghost_ratio=ghost_ratio, ghost_kernel=ghost_kernel, ghost_cheap=ghost_cheap)
+    ghost = ghost_options("ghostnet", ghost_ratio, ghost_kernel, ghost_cheap)
     return GhostNet(width, num_classes, stem, conv, dropout, ghost)

@@ -12,6 +12,7 @@ names (``0.weight``, ``1.running_mean``, ...) are the ones in torchvision's and 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -307,10 +308,10 @@ def check_conv_kind(kind: str, choices: tuple[str, ...] = CONV_KINDS, model_name
     return kind
 
 
-def check_ghost_options(model_name: str, ratio: int, kernel: int, cheap: str) -> None:
-    """Refuse, in one sentence naming what is allowed, a Ghost ratio below 2 (s=1 has no ghost maps: it is the
-    plain conv), a cheap kernel that is not a positive odd integer ("same" padding needs an odd kernel), or an
-    unknown `ghost_cheap`."""
+def ghost_options(model_name: str, ratio: int, kernel: int, cheap: str) -> dict[str, Any]:
+    """The Ghost options as `conv_slot` takes them, after refusing, in one sentence naming what is allowed, a Ghost
+    ratio below 2 (s=1 has no ghost maps: it is the plain conv), a cheap kernel that is not a positive odd integer
+    ("same" padding needs an odd kernel), or an unknown `ghost_cheap`."""
     if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 2:
         raise UserInputError(f"{model_name}: ghost_ratio must be an integer >= 2 (got {ratio!r})")
     if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
@@ -321,6 +322,7 @@ def check_ghost_options(model_name: str, ratio: int, kernel: int, cheap: str) ->
         raise UserInputError(
             f"{model_name}: ghost_cheap={cheap!r} is not supported; choose one of: {', '.join(GHOST_CHEAP)}"
         )
+    return dict(ghost_ratio=ratio, ghost_kernel=kernel, ghost_cheap=cheap)
 
 
 def conv_slot(

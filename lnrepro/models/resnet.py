@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lnrepro.models.layers import ConvBnAct, check_ghost_options, conv_slot, init_weights, scale_channels
+from lnrepro.models.layers import ConvBnAct, conv_slot, ghost_options, init_weights, scale_channels
 from lnrepro.models.registry import register_model
 
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -96,6 +96,5 @@ def resnet34(
     ghost_cheap: str = "learned",
 ) -> ResNet:
     """The paper uses no dropout."""
-    check_ghost_options("resnet34", ghost_ratio, ghost_kernel, ghost_cheap)
-    ghost = dict(ghost_ratio=ghost_ratio, ghost_kernel=ghost_kernel, ghost_cheap=ghost_cheap)
+    ghost = ghost_options("resnet34", ghost_ratio, ghost_kernel, ghost_cheap)
     return ResNet(width, num_classes, stem, conv, dropout, ghost)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import check_ghost_options, conv_slot, init_weights, scale_channels
+from lnrepro.models.layers import conv_slot, ghost_options, init_weights, scale_channels
 from lnrepro.models.registry import DependsOn, register_model
 
 # Configuration D of the paper's Table 1: conv output channels, "M" for a 2x2 max-pool.
@@ -116,7 +116,7 @@ def vgg16(
     ghost_cheap: str = "learned",
     cifar_classifier: str = "linear",
 ) -> VGG:
-    check_ghost_options("vgg16", ghost_ratio, ghost_kernel, ghost_cheap)
+    ghost = ghost_options("vgg16", ghost_ratio, ghost_kernel, ghost_cheap)
     if cifar_classifier not in CIFAR_CLASSIFIERS:
         raise UserInputError(
             f"vgg16: cifar_classifier={cifar_classifier!r} is not supported; choose one of: "
@@ -127,5 +127,4 @@ def vgg16(
             f"vgg16: cifar_classifier={cifar_classifier!r} is a stem=cifar head; stem={stem!r} has the paper's "
             "4096-4096 head"
         )
-    ghost = dict(ghost_ratio=ghost_ratio, ghost_kernel=ghost_kernel, ghost_cheap=ghost_cheap)
     return VGG(width, num_classes, stem, conv, dropout, ghost, cifar_classifier)
