@@ -332,6 +332,19 @@ def test_mobilenet_v2_figure6_preset_refuses_an_unknown_row_in_one_line_naming_t
 # ---------------------------------------------------------------------------------------------------------------
 # The presets' multiruns, one tiny epoch per row
 # ---------------------------------------------------------------------------------------------------------------
+def report_against_the_table(sweep, preset: str, env: dict) -> None:
+    """report.py over a preset's multirun beside the preset's own published table: exit 0 and report.csv."""
+    report = subprocess.run(
+        [sys.executable, str(ROOT / "report.py"), str(sweep), "--reference", preset],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+
+
 TINY_SWEEP = [
     "data=synthetic",
     "data.image_size=16",
@@ -393,15 +406,7 @@ def test_each_ablation_presets_multirun_trains_every_row_and_reports_beside_its_
     published = {option_cells(row, option_keys): row for row in table_rows(preset)}
     runs = [recorded(path.parent) for path in sweep.glob("*/metrics.json")]
     assert len(runs) == rows and set(runs) == set(published)  # every row of the table, once
-    report = subprocess.run(
-        [sys.executable, str(ROOT / "report.py"), str(sweep), "--reference", preset],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert report.returncode == 0, report.stderr[-3000:]
+    report_against_the_table(sweep, preset, env)
     with open(sweep / "report.csv", newline="") as file:
         reported = list(csv.DictReader(file))
     assert len(reported) == rows
@@ -768,12 +773,4 @@ def test_ghost_and_mobilenet_v1_presets_multirun_every_row_and_report_beside_the
     assert len(recorded) == rows or preset == "mobilenet_v1_table5"  # each run a different row
     if preset == "mobilenet_v1_table5":
         assert {run["model/shallow"] for run in runs} == {True, False}
-    report = subprocess.run(
-        [sys.executable, str(ROOT / "report.py"), str(sweep), "--reference", preset],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert report.returncode == 0, report.stderr[-3000:]
+    report_against_the_table(sweep, preset, env)

@@ -28,13 +28,12 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import conv_slot, ghost_options, init_weights, scale_channels
+from lnrepro.models.layers import CONV_KINDS, conv_slot, ghost_options, init_weights, scale_channels
 from lnrepro.models.registry import register_model
 
 STAGE_CHANNELS = (16, 32, 64)
 #: Blocks per stage (n) of each registered depth 6n + 2.
 DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
-CONV_CHOICES = ("standard", "dwpw", "pwdw", "ghost", "ghost_module")
 
 
 class PadShortcut(nn.Module):
@@ -112,7 +111,7 @@ def _register(depth: int) -> None:
         return CifarResNet(blocks, width, num_classes, conv, dropout, ghost)
 
     builder.__name__ = builder.__qualname__ = name
-    register_model(builder, name=name, conv_choices=CONV_CHOICES)
+    register_model(builder, name=name, conv_choices=CONV_KINDS)
 
 
 for _depth in DEPTHS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lnrepro.models.layers import ConvBnAct, conv_slot, ghost_options, init_weights, scale_channels
+from lnrepro.models.layers import CONV_KINDS, ConvBnAct, conv_slot, ghost_options, init_weights, scale_channels
 from lnrepro.models.registry import register_model
 
 STAGE_BLOCKS = (3, 4, 6, 3)
@@ -83,7 +83,7 @@ class ResNet(nn.Module):
         return names
 
 
-@register_model(conv_choices=("standard", "dwpw", "pwdw", "ghost", "ghost_module"))
+@register_model(conv_choices=CONV_KINDS)  # every kind conv_slot builds
 def resnet34(
     *,
     width: float,

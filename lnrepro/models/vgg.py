@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError
-from lnrepro.models.layers import conv_slot, ghost_options, init_weights, scale_channels
+from lnrepro.models.layers import CONV_KINDS, conv_slot, ghost_options, init_weights, scale_channels
 from lnrepro.models.registry import DependsOn, register_model
 
 # Configuration D of the paper's Table 1: conv output channels, "M" for a 2x2 max-pool.
@@ -103,7 +103,7 @@ class VGG(nn.Module):
         return names
 
 
-@register_model(conv_choices=("standard", "dwpw", "pwdw", "ghost", "ghost_module"))
+@register_model(conv_choices=CONV_KINDS)  # every kind conv_slot builds
 def vgg16(
     *,
     width: float,
