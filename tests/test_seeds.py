@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 
 import pytest
 
@@ -98,3 +99,47 @@ def test_a_seed_row_shows_median_timings_in_every_table_and_the_mean_int8_top1(t
     assert "| +1.00 |" in markdown  # int8's drop: mean top-1 82 - mean int8 top-1 81, not a difference of medians
     with open(tmp_path / "out" / "report.csv", newline="") as file:
         assert float(next(csv.DictReader(file))["top1_int8_mean"]) == pytest.approx(81.0)
+
+
+def test_an_ablation_s_rows_are_labelled_by_their_option_and_compared_beyond_their_intervals(tmp_path):
+    """GhostNet learned vs zeros (same name, ghostnet_ghost) are two rows named by the option that differs; rows
+    of one model with several seeds each are compared: far apart means differ, overlapping ones do not."""
+    accuracies = {"learned": [0.80, 0.81, 0.82], "zeros": [0.70, 0.71, 0.72], "fixed": [0.80, 0.815, 0.83]}
+    for cheap, top1s in accuracies.items():
+        for seed, top1 in enumerate(top1s):
+            write_run(
+                tmp_path / cheap / str(seed),
+                seed,
+                top1,
+                digest=cheap,
+                width=1.0,
+                **{"model": "ghostnet", "conv": "ghost", "model/ghost_cheap": cheap, "model/dropout": 0.2},
+            )
+    report = make_report([tmp_path], out_dir=tmp_path / "out", plots=False)
+    labels = sorted(row.run.label for row in report.rows)
+    assert labels == [f"ghostnet_ghost ghost_cheap={cheap}" for cheap in ("fixed", "learned", "zeros")]
+    pairs = {
+        frozenset(cell.strip().split("=")[1] for cell in line.split("|")[1:3]): line
+        for line in report.markdown.splitlines()
+        if line.startswith("| ghostnet_ghost ghost_cheap=") and "beyond the intervals" in line
+    }
+    assert len(pairs) == 3
+    assert "no difference beyond the intervals" in pairs[frozenset({"learned", "fixed"})]
+    learned_zeros = pairs[frozenset({"learned", "zeros"})]
+    assert "| differ beyond the intervals" in learned_zeros and "10.00" in learned_zeros
+    with open(tmp_path / "out" / "report.csv", newline="") as file:
+        assert {row["variant"] for row in csv.DictReader(file)} == {f"ghost_cheap={c}" for c in accuracies}
+
+
+def test_compare_needs_two_seeds_a_side_and_agrees_with_welch():
+    from scipy.stats import ttest_ind
+
+    from lnrepro.reporting.seeds import compare
+
+    assert compare(seed_stats([80.0]), seed_stats([70.0, 71.0])) is None
+    a, b = [80.0, 81.0, 83.0], [79.0, 80.5, 82.0]
+    result = compare(seed_stats(a), seed_stats(b))
+    assert result.difference == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
+    assert result.p_value == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert not result.differ
+    assert compare(seed_stats([80.0, 80.0]), seed_stats([70.0, 70.0])).differ

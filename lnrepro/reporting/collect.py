@@ -77,6 +77,7 @@ class Run:
     metrics: dict[str, Any]
     values: dict[str, float | None] = field(default_factory=dict)
     top1_source: str | None = None
+    variant: str = ""  # the family options that tell this run from others of the same name (`label_variants`)
 
     @property
     def model(self) -> str:
@@ -111,6 +112,26 @@ class Run:
         if self.width != 1.0:
             name += f"_x{self.width:g}"
         return name
+
+    @property
+    def label(self) -> str:
+        """The row's name in tables and plots: `name`, plus the options that set it apart where needed."""
+        return f"{self.name} {self.variant}" if self.variant else self.name
+
+
+def label_variants(runs: list[Run]) -> None:
+    """Runs of one name (`ghostnet_ghost`) built with different family options (`model/ghost_cheap`: learned and
+    zeros) get those options in their label (`ghostnet_ghost ghost_cheap=zeros`), so that an ablation's rows can be
+    told apart; options equal across the runs of a name are left out."""
+    by_name: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_name.setdefault((run.name, run.stem), []).append(run)
+    prefix = schema.model_option_key("")
+    for same in by_name.values():
+        keys = sorted({key for run in same for key in run.metrics if key.startswith(prefix)})
+        differing = [key for key in keys if len({repr(run.metrics.get(key)) for run in same}) > 1]
+        for run in same:
+            run.variant = ",".join(f"{key[len(prefix) :]}={run.metrics.get(key)}" for key in differing)
 
 
 def read_run(path: Path, conv_only: bool = False) -> Run:
@@ -148,4 +169,5 @@ def load_runs(paths: list[str | Path], conv_only: bool = False) -> list[Run]:
             print(f"warning: skipping {file}: {error}", file=sys.stderr)
     if not runs:
         raise ReportError(f"none of the metrics.json files under {', '.join(map(str, paths))} could be read")
+    label_variants(runs)
     return runs

@@ -19,7 +19,7 @@ from lnrepro import schema
 from lnrepro.reporting.collect import Run, load_runs
 from lnrepro.reporting.plots import scatter_plot
 from lnrepro.reporting.reference import Reference, load_reference
-from lnrepro.reporting.seeds import DEFAULT_TOLERANCE, SeedStats, group_by_recipe, merge_seeds
+from lnrepro.reporting.seeds import DEFAULT_TOLERANCE, SeedStats, compare, group_by_recipe, merge_seeds
 from lnrepro.utils.files import atomic_write_text
 from lnrepro.utils.tables import markdown_table
 
@@ -142,7 +142,7 @@ class ReportRow:
         }
 
     def csv_record(self, with_reference: bool, root: Path) -> dict[str, Any]:
-        record: dict[str, Any] = {"model": self.run.name, "stem": self.run.stem or ""}
+        record: dict[str, Any] = {"model": self.run.name, "variant": self.run.variant, "stem": self.run.stem or ""}
         record.update(
             {name: "" if self.run.values[name] is None else round(self.run.values[name], 6) for name in FIGURES}
         )
@@ -202,7 +202,7 @@ def build_rows(
     rows = [row for _, row in sorted(matched, key=lambda item: item[0])] + unmatched
     if unmatched:
         notes.append(
-            f"no row of {reference.path.name} for: {', '.join(r.run.name for r in unmatched)} "
+            f"no row of {reference.path.name} for: {', '.join(r.run.label for r in unmatched)} "
             f"(matching: {reference.how})"
         )
     if reference.kind == "ghost_vs_dwpw":  # a table of exactly the runs to make: name those still missing
@@ -266,7 +266,7 @@ def render_runtime_table(rows: list[ReportRow]) -> list[str]:
         if stats and stats.n_seeds > 1 and stats.top1_int8_mean is not None:  # mean over the seeds
             top1, int8 = stats.top1_mean / 100, stats.top1_int8_mean / 100
         drop = MISSING if top1 is None or int8 is None else f"{100 * (float(top1) - float(int8)):+.2f}"
-        cells.append([row.run.name] + [runtime_cell(metrics, r) for r in runtimes] + [speedup, drop])
+        cells.append([row.run.label] + [runtime_cell(metrics, r) for r in runtimes] + [speedup, drop])
     columns = (
         [("model", True)]
         + [(f"{r} ms (p90)", False) for r in runtimes]
@@ -289,7 +289,7 @@ def render_speed_table(rows: list[ReportRow]) -> list[str]:
         return []
     columns = [("model", True)] + [(header, False) for header, _, _ in SPEED_COLUMNS]
     cells = [
-        [row.run.name] + [speed_cell(row.run.metrics, keys, kind) for _, keys, kind in SPEED_COLUMNS] for row in rows
+        [row.run.label] + [speed_cell(row.run.metrics, keys, kind) for _, keys, kind in SPEED_COLUMNS] for row in rows
     ]
     return [
         "",
@@ -317,7 +317,7 @@ def render_top1_over_seeds(rows: list[ReportRow]) -> list[str]:
         values = row.seed_stats_cells()
         published = (row.reference or {}).get("top1")
         cells.append(
-            [row.run.name, ",".join(map(str, row.seed_stats.seeds))]
+            [row.run.label, ",".join(map(str, row.seed_stats.seeds))]
             + [
                 MISSING
                 if values[name] is None
@@ -333,6 +333,41 @@ def render_top1_over_seeds(rows: list[ReportRow]) -> list[str]:
         f"Top-1 (%) over seeds (runs equal but for the seed; 95% interval: Student t; top1_int8_mean: the same "
         f"weights in ONNX Runtime int8; verdict: |mean - published| <= max(ci95, {shown[0].tolerance:g}) is "
         f"`reproduced`):",
+        "",
+        *markdown_table(columns, cells),
+    ]
+
+
+def render_comparisons(rows: list[ReportRow]) -> list[str]:
+    """Every pair of rows of one model, width and data with several seeds each: an ablation's question, "does
+    this choice change top-1?", answered with the difference of the means and whether the intervals overlap."""
+    seeded = [row for row in rows if row.seed_stats and row.seed_stats.n_seeds > 1]
+    cells = []
+    for index, a in enumerate(seeded):
+        for b in seeded[index + 1 :]:
+            same = lambda run: (run.model, run.width, run.metrics.get(schema.DATA))  # noqa: E731
+            if same(a.run) != same(b.run):
+                continue
+            result = compare(a.seed_stats, b.seed_stats)
+            cells.append(
+                [
+                    a.run.label,
+                    b.run.label,
+                    f"{a.seed_stats.top1_mean:.2f} ± {a.seed_stats.top1_ci95:.2f}",
+                    f"{b.seed_stats.top1_mean:.2f} ± {b.seed_stats.top1_ci95:.2f}",
+                    f"{result.difference:+.2f}",
+                    f"{result.p_value:.3g}",
+                    result.verdict,
+                ]
+            )
+    if not cells:
+        return []
+    columns = [("a", True), ("b", True), ("top-1 a (95%)", False), ("top-1 b (95%)", False)]
+    columns += [("a - b", False), ("Welch p", False), ("verdict", True)]
+    return [
+        "",
+        "Rows of one model that differ in one choice (mean top-1 ± 95% interval over seeds; verdict: whether the "
+        "two intervals overlap; Welch p: two-sided t-test with unequal variances):",
         "",
         *markdown_table(columns, cells),
     ]
@@ -362,7 +397,7 @@ def render_markdown(report: Report, sources: list[str]) -> str:
     lines.append("")
     table = []
     for row in report.rows:
-        cells = [row.run.name, row.run.stem or MISSING]
+        cells = [row.run.label, row.run.stem or MISSING]
         for name in FIGURES:
             cell = format_value(name, row.run.values[name])
             if name == "top1" and row.run.top1_source == "val":
@@ -379,6 +414,7 @@ def render_markdown(report: Report, sources: list[str]) -> str:
         table.append(cells)
     lines.extend(markdown_table([(header, name in ("model", "stem")) for name, header in COLUMNS], table))
     lines.extend(render_top1_over_seeds(report.rows))
+    lines.extend(render_comparisons(report.rows))
     lines.extend(render_runtime_table(report.rows))
     lines.extend(render_speed_table(report.rows))
     if report.notes:
@@ -412,7 +448,7 @@ def make_plots(report: Report) -> None:
         "deployed_ms_per_image": "ONNX Runtime latency, batch 1 (ms/image)",
     }
     for name, (x_key, y_key) in PLOTS.items():
-        points = [(r.run.values[x_key], r.run.values[y_key], r.run.name) for r in report.rows]
+        points = [(r.run.values[x_key], r.run.values[y_key], r.run.label) for r in report.rows]
         points = [p for p in points if p[0] is not None and p[1] is not None]
         if not points:
             if "deployed" not in name:  # runs measured without ONNX Runtime simply have no deployed plots

@@ -4,6 +4,9 @@ Runs belong together when their `config_digest` (lnrepro.schema: the config with
 profile settings) is equal. The interval is Student's t half-width, t(0.975, n-1) x s / sqrt(n), with the sample
 standard deviation s; it is empty with one seed. The verdict compares the mean with a published figure:
 `reproduced` when |mean - published| <= max(ci95, tolerance), else `below` or `above`.
+
+Two rows of one network that differ in one design choice (an ablation: VGG16 `dwpw` vs `pwdw`) are compared by
+`compare`: the difference of their means, whether their 95% intervals overlap, and Welch's t-test.
 """
 
 from __future__ import annotations
@@ -81,3 +84,35 @@ def merge_seeds(group: list[Run]) -> tuple[Run, SeedStats]:
         elif present and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in present):
             metrics[key] = statistics.median(present)
     return replace(group[0], values=values, metrics=metrics), stats
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Row a against row b (two groups of seeds): `differ` is True when their 95% intervals do not overlap."""
+
+    difference: float  # mean a - mean b, in points of top-1
+    differ: bool
+    p_value: float  # Welch's two-sided t-test (unequal variances), which does not need the intervals' overlap rule
+
+    @property
+    def verdict(self) -> str:
+        return "differ beyond the intervals" if self.differ else "no difference beyond the intervals"
+
+
+def compare(a: SeedStats, b: SeedStats) -> Comparison | None:
+    """None unless both rows have at least two seeds (no interval otherwise)."""
+    if a.n_seeds < 2 or b.n_seeds < 2 or a.top1_mean is None or b.top1_mean is None:
+        return None
+    from scipy.stats import ttest_ind_from_stats
+
+    low_a, high_a = a.top1_mean - a.top1_ci95, a.top1_mean + a.top1_ci95
+    low_b, high_b = b.top1_mean - b.top1_ci95, b.top1_mean + b.top1_ci95
+    if a.top1_std == 0 and b.top1_std == 0:  # scipy returns nan: equal means do not differ, unequal ones do
+        p_value = 1.0 if a.top1_mean == b.top1_mean else 0.0
+    else:
+        p_value = float(
+            ttest_ind_from_stats(
+                a.top1_mean, a.top1_std, a.n_seeds, b.top1_mean, b.top1_std, b.n_seeds, equal_var=False
+            ).pvalue
+        )
+    return Comparison(a.top1_mean - b.top1_mean, high_a < low_b or high_b < low_a, p_value)
