@@ -3,6 +3,7 @@
 `UserInputError`: a problem with what the user asked for (a config value, a path, a checkpoint).
 `TrainingDivergedError`: the loss became NaN or infinite.
 `ResourceExhaustedError`: the disk or the memory ran out (made from the OSError/RuntimeError by `lnrepro.tasks.common`).
+`RunInterrupted`: SIGTERM or SIGINT stopped the run (`lnrepro.training.signals`); it exits 128 + the signal number.
 The entry points print their message with `print_error`, on one line, and exit with its status, without a traceback.
 """
 
@@ -22,6 +23,21 @@ class TrainingDivergedError(RuntimeError):
 
 class ResourceExhaustedError(RuntimeError):
     """No space left for a file, or no memory for a batch: the message names the file or the batch size, and the fix."""
+
+
+class RunInterrupted(BaseException):  # noqa: N818 (it is not an error: the user or the cluster asked for it)
+    """SIGTERM or SIGINT stopped the run at a clean point. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` on the way (a runtime that failed to measure, a logger's guard) takes it for a failure and
+    carries on. The message names what was saved and how to resume; the process exits with `status`, the shell's
+    128 + signal number (143 for SIGTERM, 130 for SIGINT), also from inside a sweep, which then stops."""
+
+    def __init__(self, signal_number: int, message: str):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+    @property
+    def status(self) -> int:
+        return 128 + self.signal_number
 
 
 USER_FACING_ERRORS = (UserInputError, TrainingDivergedError, ResourceExhaustedError)
