@@ -488,7 +488,7 @@ def test_image_folders_split_and_batch(image_tree):
     datamodule.setup()
     assert (len(datamodule.train_set), len(datamodule.val_set), len(datamodule.test_set)) == (15, 3, 6)
     assert not set(datamodule.train_set.indices) & set(datamodule.val_set.indices)
-    assert sorted(datamodule.test_set.targets) == [0, 0, 1, 1, 2, 2]
+    assert sorted(datamodule.test_set.dataset.targets) == [0, 0, 1, 1, 2, 2]
 
     loader = datamodule.train_dataloader()
     assert len(loader) == 3  # 15 images, batch 4, the incomplete batch dropped

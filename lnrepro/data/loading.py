@@ -82,7 +82,30 @@ class _SkipFirst:
         return itertools.islice(iter(self.batches), skip, None)
 
 
-class ResumableDataLoader(DataLoader):
+class PassDataLoader(DataLoader):
+    """A DataLoader that tells its dataset when a pass over it starts and ends, through the dataset's
+    `pass_started()` and `pass_ended()` where it has them (`lnrepro.data.imagenet.DecodedSplit` counts the images
+    it skipped in a pass and logs the count at its end).
+
+    The start comes before the pass's iterator exists, so before any worker loads an image for it; the end comes
+    when the pass is exhausted or its iterator is closed (an epoch cut short by `limit_*_batches`, an error).
+    """
+
+    def __iter__(self):
+        started, ended = (getattr(self.dataset, name, None) for name in ("pass_started", "pass_ended"))
+        if started is not None:
+            started()
+        try:
+            yield from self._batches()
+        finally:
+            if ended is not None:
+                ended()
+
+    def _batches(self):
+        return super().__iter__()
+
+
+class ResumableDataLoader(PassDataLoader):
     """A DataLoader that a run resumed from a mid-epoch checkpoint continues at the next batch of the epoch.
 
     A plain DataLoader would replay the interrupted epoch from its first batch: the resumed run would see some
@@ -108,11 +131,11 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position.load_state_dict(state)
 
-    def __iter__(self):
+    def _batches(self):
         # A generator: this runs at the first batch, after Lightning's set_epoch for the pass (on the
         # EpochShuffleSampler, or on the DistributedSampler wrapping it under DDP).
         self.skip = self.position.start(getattr(self.sampler, "epoch", None))
-        for batch in super().__iter__():
+        for batch in super()._batches():
             self.position.batches += 1
             yield batch
 
@@ -159,7 +182,7 @@ class SplitDataModule(pl.LightningDataModule):
             raise RuntimeError("setup() must run before the dataloaders are asked for")
         # Training resumes mid-epoch at the next batch; evaluation always runs whole.
         resumable = {"position": self.train_position} if train else {}
-        return (ResumableDataLoader if train else DataLoader)(
+        return (ResumableDataLoader if train else PassDataLoader)(
             dataset,
             **resumable,
             batch_size=self.batch_size,
