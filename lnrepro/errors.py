@@ -25,7 +25,7 @@ class ResourceExhaustedError(RuntimeError):
     """No space left for a file, or no memory for a batch: the message names the file or the batch size, and the fix."""
 
 
-class RunInterrupted(BaseException):  # noqa: N818 (it is not an error: the user or the cluster asked for it)
+class RunInterrupted(BaseException):
     """SIGTERM or SIGINT stopped the run at a clean point. A BaseException, like KeyboardInterrupt, so that no
     `except Exception` on the way (a runtime that failed to measure, a logger's guard) takes it for a failure and
     carries on. The message names what was saved and how to resume; the process exits with `status`, the shell's

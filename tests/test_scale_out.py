@@ -160,16 +160,20 @@ def test_lightning_passes_set_epoch_on_to_the_data_modules_sampler():
 
 # --- automatic resume ---------------------------------------------------------------------------------------------
 def test_a_run_directory_with_last_ckpt_resumes_from_it(make_train_cfg, tmp_path, caplog, no_launcher_env, monkeypatch):
+    from lnrepro.tasks.train import build_module
+    from lnrepro.training.resume import resume_checkpoint
+
     cfg = make_train_cfg()
-    assert distributed.resume_from_own_checkpoint(cfg) is None and cfg.ckpt_path is None
+    module = build_module(cfg)
+    assert resume_checkpoint(cfg, module) == (None, None) and cfg.ckpt_path is None
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
-    torch.save({"epoch": 1, "global_step": 6}, last)
+    torch.save({"state_dict": module.state_dict(), "epoch": 1, "global_step": 6}, last)
     (tmp_path / "run" / "csv").mkdir()
     (tmp_path / "run" / "csv" / "metrics.csv").write_text("epoch,step\n0,3\n")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     with caplog.at_level(logging.INFO, logger="lnrepro"):
-        assert distributed.resume_from_own_checkpoint(cfg) == str(last)
+        assert resume_checkpoint(cfg, module)[1] == str(last)
     assert cfg.ckpt_path == str(last)
     (line,) = [r.getMessage() for r in caplog.records if "resuming from" in r.getMessage()]
     assert f"resuming from {last} (epoch 1, step 6)" in line and "SLURM restart 1" in line
@@ -178,13 +182,17 @@ def test_a_run_directory_with_last_ckpt_resumes_from_it(make_train_cfg, tmp_path
 
 
 def test_own_last_ckpt_wins_over_the_starting_ckpt_path_and_eval_only_runs_are_left_alone(make_train_cfg, tmp_path):
+    from lnrepro.tasks.train import build_module
+    from lnrepro.training.resume import resume_checkpoint
+
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
-    torch.save({"epoch": 0, "global_step": 2}, last)
     cfg = make_train_cfg("ckpt_path=/somewhere/start.ckpt")
-    assert distributed.resume_from_own_checkpoint(cfg) == str(last)
+    module = build_module(cfg)
+    torch.save({"state_dict": module.state_dict(), "epoch": 0, "global_step": 2}, last)
+    assert resume_checkpoint(cfg, module)[1] == str(last)
     cfg = make_train_cfg("ckpt_path=/somewhere/start.ckpt", "train=false")
-    assert distributed.resume_from_own_checkpoint(cfg) == "/somewhere/start.ckpt"
+    assert resume_checkpoint(cfg, module) == (None, "/somewhere/start.ckpt")
 
 
 def test_a_restarted_run_continues_where_its_checkpoint_left_off(make_train_cfg, tmp_path):
@@ -235,6 +243,7 @@ def test_hydra_finds_the_launchers():
     assert {
         "hydra_plugins.lnrepro_launchers.launchers.SlurmLauncher",
         "hydra_plugins.lnrepro_launchers.launchers.LocalLauncher",
+        "hydra_plugins.lnrepro_launchers.launchers.SequentialLauncher",
     } <= found
 
 

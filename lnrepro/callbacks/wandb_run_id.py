@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
+
+log = logging.getLogger("lnrepro")
+
+# W&B's own ids are 8 lowercase letters and digits; users may set theirs. What W&B accepts without turning it into
+# a path or a URL: letters, digits, `_` and `-`, at most 64 characters (W&B's limit on run ids).
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class WandbRunId(pl.Callback):
@@ -26,5 +34,16 @@ class WandbRunId(pl.Callback):
     @classmethod
     def run_id_in(cls, checkpoint: dict[str, Any] | None) -> str | None:
         """The W&B run id a checkpoint written with this callback holds, else None."""
-        state = ((checkpoint or {}).get("callbacks") or {}).get(cls.__qualname__) or {}
-        return state.get("run_id") or None
+        callbacks = (checkpoint or {}).get("callbacks")
+        state = callbacks.get(cls.__qualname__) if isinstance(callbacks, dict) else None
+        run_id = state.get("run_id") if isinstance(state, dict) else None
+        if run_id is None or (isinstance(run_id, str) and RUN_ID.fullmatch(run_id)):
+            return run_id or None
+        # A checkpoint is data from whoever wrote it: an id W&B would take as a path, a URL or an object is not
+        # used (W&B or the OS would end the run with a traceback); the run gets a new W&B run instead.
+        log.warning(
+            "the checkpoint's W&B run id %.80r is not one (letters, digits, _ and -, at most 64): logging to a new "
+            "W&B run instead of continuing it",
+            run_id,
+        )
+        return None

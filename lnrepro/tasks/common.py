@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro import schema
-from lnrepro.errors import USER_FACING_ERRORS, ResourceExhaustedError, print_error
+from lnrepro.errors import USER_FACING_ERRORS, ResourceExhaustedError, RunInterrupted, print_error
 from lnrepro.schema import multirun_group
 
 log = logging.getLogger("lnrepro")
@@ -200,17 +200,31 @@ def log_files_stop_when_disk_full() -> Iterator[None]:
                 del handler.handleError
 
 
-def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run `task`; a user-facing error becomes one log line and exit status 2.
+#: What a task is doing until it says otherwise (`lnrepro.training.signals.set_phase`), for the line a signal prints.
+TASK_PHASES = {"train": "setup", "evaluate": "evaluation", "profile": "profiling"}
 
-    User-facing are the project's own errors and what the machine ran out of: a full disk (ENOSPC, EDQUOT, also
-    when Lightning or torch wrapped it) and an allocation that could not be served (CUDA or CPU out of memory).
-    In a multirun the error is re-raised instead: Hydra then records the job as failed and goes on with the
-    others (the sweep ends non-zero after the last job).
+
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run `task`; a user-facing error becomes one log line and exit status 2; SIGTERM and SIGINT stop it cleanly
+    (`lnrepro.training.signals`) with one line and status 143 or 130.
+
+        User-facing are the project's own errors and what the machine ran out of: a full disk (ENOSPC, EDQUOT, also
+        when Lightning or torch wrapped it) and an allocation that could not be served (CUDA or CPU out of memory).
+        In a multirun the error is re-raised instead: Hydra then records the job as failed and goes on with the
+        others (the sweep ends non-zero after the last job).
     """
+    from lnrepro.training.signals import stop_cleanly
+
     with log_files_stop_when_disk_full():
         try:
-            return task(cfg)
+            with stop_cleanly(TASK_PHASES.get(task.__name__, task.__name__)):
+                return task(cfg)
+        except RunInterrupted as stop:
+            # A clean stop, not a failure: one line, and the shell's status for the signal, also in a sweep (a
+            # SystemExit passes through Hydra's launchers, so the sweep stops with it).
+            log.warning("%s", stop)
+            print(f"interrupted: {stop}", file=sys.stderr)
+            sys.exit(stop.status)
         except Exception as raised:
             error = as_user_facing(raised, cfg)
             if error is None:

@@ -25,7 +25,8 @@ from lnrepro.tasks.instantiate import (
     instantiate_loggers,
     logger_callbacks,
 )
-from lnrepro.training import ClassificationModule, distributed
+from lnrepro.training import ClassificationModule, distributed, signals
+from lnrepro.training.resume import resume_checkpoint
 from lnrepro.utils.checkpoint import check_matches, load_checkpoint
 from lnrepro.utils.rich_config import print_config_tree
 
@@ -46,6 +47,7 @@ def fit_and_test(
     cfg: DictConfig, trainer: pl.Trainer, module: ClassificationModule, datamodule: pl.LightningDataModule
 ) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
+    last = Path(cfg.paths.output_dir) / distributed.LAST_CHECKPOINT
     if cfg.get("train", True):
         log.info("training %s", cfg.model.name)
         trainer.fit(
@@ -54,7 +56,10 @@ def fit_and_test(
             ckpt_path=cfg.get("ckpt_path"),
             weights_only=not cfg.get("trust_checkpoint", False),
         )
+        signals.raise_if_received(trainer, last, "at the end of training")
         metrics.update(trainer.callback_metrics)
+    if last.is_file():  # a signal from here on loses no training
+        signals.set_phase("testing", f"training is complete; resume: {signals.resume_command(last)}")
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
@@ -102,7 +107,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    resumed_from = distributed.resume_from_own_checkpoint(cfg)  # a requeued job continues from its last.ckpt
 
     # Everything that can be wrong with the request fails here, before any data is read.
     settings = ProfileSettings.from_config(cfg.get("profile"))
@@ -110,10 +114,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         settings.check_runtimes()
     check_precision(cfg)
     module = build_module(cfg)
-    checkpoint = (
-        load_checkpoint(cfg.ckpt_path, trusted=bool(cfg.get("trust_checkpoint"))) if cfg.get("ckpt_path") else None
-    )
-    if checkpoint is not None:
+    # the furthest checkpoint that loads: a requeued job's own last.ckpt, the user's ckpt_path, its epoch_*.ckpt
+    checkpoint, resumed_from = resume_checkpoint(cfg, module)
+    if checkpoint is None and cfg.get("ckpt_path"):  # test-only (train=false): the given checkpoint must fit
+        checkpoint = load_checkpoint(cfg.ckpt_path, trusted=bool(cfg.get("trust_checkpoint")))
         check_matches(checkpoint, module, cfg.ckpt_path)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     check_calibration(settings, datamodule)
@@ -121,6 +125,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"), multirun_group=hydra_multirun_name(), checkpoint=checkpoint)
     del checkpoint  # fit reads the file again: no second copy of the weights in memory meanwhile
     callbacks = callbacks_for_trainer(callbacks + logger_callbacks(loggers), cfg.trainer, loggers)
+    callbacks.append(signals.StopOnSignal(output_dir / distributed.LAST_CHECKPOINT))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     # data.batch_size is the global batch: each process gets its share
     scale = distributed.set_up_processes(trainer, datamodule, in_multirun=hydra_multirun_name() is not None)
@@ -134,6 +139,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             write_metrics(output_dir, metrics)  # the fit's results are safe before anything else is measured
             start = time.perf_counter()
+            signals.set_phase("the end-of-fit profile")
             figures = runtime_figures(
                 settings, module.net, int(cfg.data.image_size), datamodule, tested=bool(cfg.get("test", True))
             )

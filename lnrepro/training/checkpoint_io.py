@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -12,6 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lnrepro.utils.files import atomic_writer
+
+log = logging.getLogger("lnrepro")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -34,6 +37,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, file)
 
 
+# The paths ModelCheckpoint stores and reads back on resume; the best one is what `test` loads.
+STORED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path", "dirpath")
+
+
+def checked_paths(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A resumed ModelCheckpoint's stored paths, each a string naming a .ckpt file (dirpath: any string), or
+    dropped with one warning: a checkpoint is data, and the best path becomes the file `test` loads. Dropped, the
+    resumed run forgets its best so far, as Lightning does when the file is gone."""
+    checked = dict(state_dict)
+    for key in STORED_PATHS:
+        value = checked.get(key)
+        if value is None or value == "":
+            continue
+        fine = isinstance(value, str) and len(value) < 4096 and "\x00" not in value
+        if fine and key != "dirpath":
+            fine = value.endswith(".ckpt")
+        if not fine:
+            log.warning("the checkpoint's ModelCheckpoint %s %.80r is not a checkpoint path: ignored", key, value)
+            checked.pop(key)
+            if key == "best_model_path":
+                checked.pop("best_model_score", None)
+    best_k = checked.get("best_k_models")
+    if best_k is not None and not (
+        isinstance(best_k, dict) and all(isinstance(path, str) and path.endswith(".ckpt") for path in best_k)
+    ):
+        log.warning("the checkpoint's ModelCheckpoint best_k_models is not a map of checkpoint paths: ignored")
+        checked.pop("best_k_models")
+    return checked
+
+
 class ResumableModelCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` that keeps its record of the best checkpoints when a run resumes into a new directory.
 
@@ -50,6 +83,7 @@ class ResumableModelCheckpoint(ModelCheckpoint):
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = checked_paths(state_dict)
         best = state_dict.get("best_model_path")
         if best and _is_local_file_protocol(best) and not os.path.isfile(best):
             super().load_state_dict(state_dict)

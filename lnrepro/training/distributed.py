@@ -1,5 +1,5 @@
 """Scaling a run out: the global batch split over DDP processes, which process speaks for the run, the SLURM job
-it runs in, and a requeued job continuing from its own last checkpoint.
+it runs in (which checkpoint a requeued job continues from: `lnrepro.training.resume`).
 
 `data.batch_size` is the recipe's global batch (images per optimizer step over all processes); each process's
 DataLoader serves `data.batch_size / world_size`. The training order of an epoch is split across the processes by
@@ -14,11 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
-
 from lnrepro import schema
 from lnrepro.errors import UserInputError
-from lnrepro.utils.checkpoint import training_position
 
 log = logging.getLogger("lnrepro")
 
@@ -103,37 +100,6 @@ def set_up_processes(trainer, datamodule, in_multirun: bool) -> dict[str, Any]:
         schema.BATCH_SIZE_PER_PROCESS: datamodule.batch_size,
         **slurm_facts(),
     }
-
-
-def resume_from_own_checkpoint(cfg: DictConfig) -> str | None:
-    """A job whose run directory already holds `checkpoints/last.ckpt` (SLURM requeued it, or it was restarted
-    with the same directory) continues from it: `cfg.ckpt_path` is pointed at it. Returns the checkpoint the run
-    continues from (this one, or the user's `ckpt_path`), or None for a fresh start.
-
-    The run's own last.ckpt wins over a `ckpt_path=` given at the start: that one is where the run began, and its
-    last.ckpt is further along the same run.
-    """
-    given = cfg.get("ckpt_path")
-    if not cfg.get("train", True):
-        return given
-    last = Path(cfg.paths.output_dir) / LAST_CHECKPOINT
-    if not last.is_file():
-        return given
-    restarts = os.environ.get("SLURM_RESTART_COUNT")
-    why = f"SLURM restart {restarts}" if restarts else "a requeued or restarted job"
-    position = training_position(last)
-    log.info(
-        "resuming from %s%s: the run directory already holds a checkpoint (%s)%s",
-        last,
-        f" (epoch {position[0]}, step {position[1]})" if position else "",
-        why,
-        f"; ckpt_path={given} was where the run began" if given else "",
-    )
-    if is_rank_zero():
-        keep_csv_history(Path(cfg.paths.output_dir))
-    with open_dict(cfg):
-        cfg.ckpt_path = str(last)
-    return str(last)
 
 
 def keep_csv_history(output_dir: Path) -> list[Path]:

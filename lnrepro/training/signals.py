@@ -1,0 +1,166 @@
+"""SIGTERM and SIGINT as clean stops: what a cluster's time limit, `docker stop`, Kubernetes and Ctrl+C send.
+
+Without this, Lightning turns SIGTERM into a `SystemExit` with no status (a killed run exits 0, as if it had
+finished) and Ctrl+C into `sys.exit(1)` wherever it lands. Here:
+
+- While the network trains, a signal is only noted; `StopOnSignal` stops at the next clean point, the end of a
+  training step (or of the epoch, after its validation and checkpoints), and saves `last.ckpt` there first: the
+  same kind of checkpoint, written at the same hook, as `callbacks.last_checkpoint.every_n_train_steps`, with the
+  data loader's position, so the resumed run trains on exactly as the uninterrupted one would have.
+- Anywhere else (setup, testing, the end-of-fit profile, `lnrepro-eval`, `lnrepro-profile`) there is nothing to
+  save: the task stops at once.
+
+Either way `RunInterrupted` carries one line to the entry point, which exits 128 + the signal number (143 for
+SIGTERM, 130 for SIGINT), as a shell reports a process killed by that signal. A second Ctrl+C while the first waits
+for the end of a step stops at once. Files are never half-written: checkpoints and metrics.json are written to a
+temporary file and renamed (`lnrepro.utils.files.atomic_writer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from lnrepro.errors import RunInterrupted
+
+log = logging.getLogger("lnrepro")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _SignalState:
+    """The signal this process received (None: none yet) and whether the current phase can stop at a clean point
+    (training) or stops at once (everything else)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferring = False
+        self.phase = "setup"
+        self.nothing_saved = "nothing was saved"
+
+    def handle(self, number: int, frame) -> None:
+        name = signal.Signals(number).name
+        if self.deferring and self.received is None:
+            self.received = number
+            # logging takes a re-entrant lock: safe from a handler that runs in the main thread between bytecodes
+            log.warning("%s received: stopping after this training step, with a checkpoint", name)
+            return
+        self.received = self.received or number
+        raise RunInterrupted(number, f"stopped by {name} during {self.phase}; {self.nothing_saved}")
+
+
+state = _SignalState()
+
+
+def _install() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for number in STOP_SIGNALS:
+            signal.signal(number, state.handle)
+
+
+@contextlib.contextmanager
+def stop_cleanly(phase: str, nothing_saved: str = "nothing was saved: run the same command again") -> Iterator[None]:
+    """Handle SIGTERM and SIGINT while a task runs (main thread only: elsewhere Python does not deliver them);
+    `phase` and `nothing_saved` make the line a signal outside training prints."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    state.received, state.deferring, state.phase, state.nothing_saved = None, False, phase, nothing_saved
+    _install()
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        state.deferring = False
+
+
+def set_phase(phase: str, nothing_saved: str | None = None) -> None:
+    """What the task is doing now, for the line a signal prints; `nothing_saved`: what the user does then."""
+    state.phase = phase
+    if nothing_saved is not None:
+        state.nothing_saved = nothing_saved
+
+
+def resume_command(checkpoint: str | Path) -> str:
+    """The command line that continues this run from `checkpoint`: the program and this job's overrides (without
+    any `ckpt_path=`), plus `ckpt_path=<checkpoint>`."""
+    from lnrepro.tasks.common import hydra_config
+
+    program = Path(sys.argv[0]).name
+    program = f"python {program}" if program.endswith(".py") else program
+    hydra_cfg = hydra_config()
+    overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
+    kept = [item for item in overrides if not item.lstrip("+~").startswith("ckpt_path=")]
+    return " ".join([program, *map(shlex.quote, kept), shlex.quote(f"ckpt_path={checkpoint}")])
+
+
+def raise_if_received(trainer: pl.Trainer, checkpoint: str | Path | None, where: str) -> None:
+    """Stop here when a signal came while training could not stop (the last validation): `checkpoint` is the
+    run's newest, already written."""
+    if state.received is None:
+        return
+    name = signal.Signals(state.received).name
+    if checkpoint and Path(checkpoint).is_file():
+        saved = f"checkpoint {checkpoint}; resume: {resume_command(checkpoint)}"
+    else:
+        saved = "no checkpoint was written yet: run the same command again"
+    raise RunInterrupted(
+        state.received,
+        f"stopped by {name} {where} (epoch {trainer.current_epoch}, step {trainer.global_step}); {saved}",
+    )
+
+
+class StopOnSignal(pl.Callback):
+    """Stops training at the end of the step (or epoch) during which SIGTERM or SIGINT came, after saving
+    `last.ckpt` at `checkpoint_path`; raises `RunInterrupted` naming it and the command that resumes.
+
+    Under DDP every process stops at the same step: whether any process received a signal is decided together
+    (one small all-reduce per step, only when there are several processes).
+    """
+
+    def __init__(self, checkpoint_path: str | Path):
+        self.checkpoint_path = Path(checkpoint_path)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning installed its own SIGTERM handler as fit began (it raises a status-less SystemExit from inside
+        # validation, and kills launched processes): ours replaces it for the fit; Lightning restores ours after.
+        _install()
+        state.deferring = True
+        set_phase("training")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state.deferring = False
+        set_phase("the end of training")
+
+    def _stop_requested(self, trainer: pl.Trainer) -> bool:
+        received = state.received is not None
+        if trainer.world_size > 1:
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        return received
+
+    def _save_and_stop(self, trainer: pl.Trainer, where: str) -> None:
+        state.deferring = False  # a second signal while saving stops at once; the write is atomic
+        trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
+        if state.received is None:  # another process received it
+            state.received = signal.SIGTERM
+        raise_if_received(trainer, self.checkpoint_path, where)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int):
+        if self._stop_requested(trainer):
+            self._save_and_stop(trainer, "during training")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A signal during validation: validation ends and saves its checkpoints (ModelCheckpoint runs after this
+        # callback only at the epoch end of a run without validation, hence the save here too).
+        if self._stop_requested(trainer):
+            self._save_and_stop(trainer, "at the end of an epoch")
