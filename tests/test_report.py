@@ -294,6 +294,16 @@ def test_report_py_without_metrics_is_one_line_and_non_zero(tmp_path, make_args)
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+def test_report_py_names_a_test_acc_that_is_not_a_number_on_stderr_and_exits_0(tmp_path):
+    write_run(tmp_path / "runs" / "a", metrics_for("vgg16", "standard", top1="n/a", **{"val/acc_best": 0.9}))
+    result = run_report(str(tmp_path / "runs"), "--no-plots", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert "/a/metrics.json: test/acc is 'n/a', not a number: this run is left out of the top-1 figures" in warning
+    assert "| vgg16_conv | cifar |" in result.stdout and "90.0" not in result.stdout  # val/acc_best does not stand in
+    assert "Traceback" not in result.stderr
+
+
 def test_make_report_without_metrics_raises(tmp_path):
     with pytest.raises(ReportError, match="no metrics.json found"):
         make_report([tmp_path])

@@ -143,3 +143,123 @@ def test_compare_needs_two_seeds_a_side_and_agrees_with_welch():
     assert result.p_value == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
     assert not result.differ
     assert compare(seed_stats([80.0, 80.0]), seed_stats([70.0, 70.0])).differ
+
+
+def report_with_warnings(capsys, folder, out) -> tuple[str, list[dict[str, str]], list[str]]:
+    """`lnrepro-report FOLDER --no-plots --out OUT` in this process, which exits 0: its report.md, report.csv rows
+    and warning lines."""
+    from lnrepro.cli import report
+
+    assert report([str(folder), "--no-plots", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    with open(out / "report.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    return (out / "report.md").read_text(), rows, [line for line in err.splitlines() if line.startswith("warning: ")]
+
+
+def assert_noted(markdown: str, warning: str) -> None:
+    """A warning on stderr is also a note of report.md."""
+    assert f"- {warning.removeprefix('warning: ')}" in markdown.splitlines()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["n/a", "0.99", {"acc": 0.99}, [0.99], True, float("nan"), float("inf")],
+    ids=["text", "number-as-text", "dict", "list", "flag", "nan", "inf"],
+)
+def test_a_test_acc_that_is_not_a_number_is_named_and_left_out_of_the_mean_not_replaced_by_val(tmp_path, capsys, bad):
+    for seed, top1 in enumerate([0.80, 0.82]):
+        write_run(tmp_path / "sweep" / str(seed), seed, top1, **{"val/acc_best": 0.99})
+    write_run(tmp_path / "sweep" / "2", 2, bad, **{"val/acc_best": 0.99})  # json writes NaN and Infinity as such
+    markdown, rows, warnings = report_with_warnings(capsys, tmp_path / "sweep", tmp_path / "out")
+    (warning,) = warnings
+    damaged = (tmp_path / "sweep" / "2" / "metrics.json").resolve()
+    assert warning.startswith(f"warning: {damaged}: test/acc is ") and ", not a " in warning
+    assert "left out of the top-1 figures" in warning
+    assert_noted(markdown, warning)
+    (row,) = rows
+    assert row["n_seeds"] == "2" and float(row["top1_mean"]) == pytest.approx(81.0) and row["top1"] == "81.0"
+    assert row["top1_split"] == "test" and "99.0" not in markdown
+    assert not [line for line in markdown.splitlines() if line.startswith("|") and "†" in line]
+    assert "| 0,1 |" in markdown  # the seeds the mean is over
+
+
+def test_a_run_alone_with_a_broken_test_acc_shows_no_top1_rather_than_its_validation_figure(tmp_path, capsys):
+    write_run(tmp_path / "runs" / "broken", 0, "n/a", digest="broken", **{"val/acc_best": 0.99})
+    write_run(tmp_path / "runs" / "untested", 0, None, digest="untested", width=1.0, **{"val/acc_best": 0.70})
+    markdown, rows, warnings = report_with_warnings(capsys, tmp_path / "runs", tmp_path / "out")
+    assert len(warnings) == 1 and "broken" in warnings[0]
+    top1 = {row["model"]: (row["top1"], row["top1_split"]) for row in rows}
+    assert top1 == {"shufflenet_v2_x0.5": ("", ""), "shufflenet_v2": ("70.0", "val")}  # no test: validation, marked
+    assert "| 70.0† |" in markdown and "99.0" not in markdown
+
+
+def test_a_copied_run_is_counted_once_with_one_line_naming_the_copies(tmp_path, capsys):
+    import shutil
+
+    for seed, top1 in enumerate([0.80, 0.82, 0.84]):
+        write_run(tmp_path / "sweep" / str(seed), seed, top1)
+    shutil.copytree(tmp_path / "sweep" / "1", tmp_path / "sweep" / "1_copy")
+    markdown, rows, warnings = report_with_warnings(capsys, tmp_path / "sweep", tmp_path / "out")
+    (warning,) = warnings
+    original, copy = ((tmp_path / "sweep" / name / "metrics.json").resolve() for name in ("1", "1_copy"))
+    assert warning.startswith(f"warning: {original}, {copy}: ") and "seed 1" in warning
+    assert warning.endswith(f"counted once: {original} kept")
+    assert_noted(markdown, warning)
+    (row,) = rows
+    assert row["n_seeds"] == "3" and float(row["top1_mean"]) == pytest.approx(82.0)
+    assert float(row["top1_ci95"]) == pytest.approx(4.302653 * 2.0 / math.sqrt(3), abs=1e-3)  # not 4 seeds' interval
+    assert markdown.splitlines()[2].startswith("3 run(s) from")
+
+
+def test_a_row_s_top1_comes_from_one_split_and_says_which(tmp_path, capsys):
+    """A seed without a test figure is not averaged with tested seeds; a row of untested seeds is marked."""
+    for seed, top1 in enumerate([0.80, 0.82]):
+        write_run(tmp_path / "sweep" / str(seed), seed, top1)
+    write_run(tmp_path / "sweep" / "2", 2, None, **{"val/acc_best": 0.99})  # stopped before testing
+    for seed, best in enumerate([0.70, 0.72]):
+        write_run(tmp_path / "sweep" / f"val{seed}", seed, None, digest="untested", width=1.0, **{"val/acc_best": best})
+    markdown, rows, warnings = report_with_warnings(capsys, tmp_path / "sweep", tmp_path / "out")
+    (warning,) = warnings
+    assert warning.startswith(
+        f"warning: {(tmp_path / 'sweep' / '2' / 'metrics.json').resolve()}: top-1 from validation"
+    )
+    assert_noted(markdown, warning)
+    tested, untested = rows
+    assert (tested["n_seeds"], tested["top1_mean"], tested["top1_split"]) == ("2", "81.0", "test")
+    assert (untested["n_seeds"], untested["top1_mean"], untested["top1_split"]) == ("2", "71.0", "val")
+    assert "| shufflenet_v2 | 0,1 | 2 | 71† |" in markdown and "| 71.0† |" in markdown
+    assert "| shufflenet_v2_x0.5 | 0,1 | 2 | 81 |" in markdown
+
+
+def test_each_key_of_the_wrong_type_is_named_once_and_the_report_completes(tmp_path, capsys):
+    """Beyond test/acc: a bad seed or digest keeps a run out of its recipe's mean, a bad figure reads as missing,
+    a bad name key leaves the run out; tables that read the raw figures (runtimes, speed) do not fail on them."""
+    for seed in (0, 1):
+        write_run(tmp_path / "sweep" / str(seed), seed, 0.80, **{"test/acc_onnxruntime_int8": 0.79})
+    bad = {
+        "seed": {"seed": "2"},
+        "config_digest": {"config_digest": {"not": "a digest"}},
+        "params": {"params": "352K"},
+        "latency/onnxruntime_ms": {"latency/onnxruntime_ms": [1.0]},
+        "test/acc_onnxruntime_int8": {"test/acc_onnxruntime_int8": "n/a"},
+        "schema_version": {"schema_version": "2"},
+        "width": {"width": "0.5"},
+    }
+    for seed, (key, extra) in enumerate(bad.items(), start=2):
+        folder = tmp_path / "sweep" / key.replace("/", "_")
+        write_run(folder, seed, 0.80)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, **extra}))
+    markdown, rows, warnings = report_with_warnings(capsys, tmp_path / "sweep", tmp_path / "out")
+    assert len(warnings) == len(bad)
+    for key in bad:
+        path = (tmp_path / "sweep" / key.replace("/", "_") / "metrics.json").resolve()
+        (line,) = [line for line in warnings if str(path) in line]
+        assert f"{path}: {key} is " in line
+        assert_noted(markdown, line)
+    assert "skipping" in next(line for line in warnings if "width is '0.5'" in line)  # the run cannot be named
+    # the seeds 0, 1 and the four runs whose bad key is a figure are one row; the bad seed and digest stand alone
+    assert sorted(row["n_seeds"] for row in rows) == ["1", "1", "6"]
+    grouped = next(row for row in rows if row["n_seeds"] == "6")
+    assert grouped["params"] == "352042.0" and float(grouped["top1_int8_mean"]) == pytest.approx(79.0)

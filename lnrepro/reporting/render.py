@@ -4,6 +4,10 @@ Columns (the ghost_vs_dwpw table's order): model (row name), stem, params, FLOPs
 memory, top-1. Sources in metrics.json: `params` (`params_conv` with the ghost_vs_dwpw table), `flops`
 (`flops_conv`; FLOPs = 2 x multiply-adds), `train/epoch_s`, `val/epoch_s`, `latency/eager_ms` (batch-1 median),
 `memory/peak_mib`, `test/acc` (`val/acc_best` when a run has no test, marked with a dagger). A missing value is "-".
+
+What the report could not use is one warning on stderr and one note in report.md each: a file that cannot be read, a
+key holding a value of the wrong type (read as missing: `collect.FIGURE_KEYS`), copies of one run (counted once) and
+a run whose top-1 comes from another split than its row's (left out of the row's mean).
 """
 
 from __future__ import annotations
@@ -16,10 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from lnrepro import schema
-from lnrepro.reporting.collect import Run, load_runs
+from lnrepro.reporting.collect import Run, load_runs, warn
 from lnrepro.reporting.plots import scatter_plot
 from lnrepro.reporting.reference import Reference, load_reference
-from lnrepro.reporting.seeds import DEFAULT_TOLERANCE, SeedStats, compare, group_by_recipe, merge_seeds
+from lnrepro.reporting.seeds import (
+    DEFAULT_TOLERANCE,
+    SeedStats,
+    compare,
+    drop_copies,
+    group_by_recipe,
+    merge_seeds,
+    mixed_split_notes,
+)
 from lnrepro.utils.files import atomic_write_text
 from lnrepro.utils.tables import markdown_table
 
@@ -142,7 +154,7 @@ class ReportRow:
         }
 
     def csv_record(self, with_reference: bool, root: Path) -> dict[str, Any]:
-        record: dict[str, Any] = {"model": self.run.name, "variant": self.run.variant, "stem": self.run.stem or ""}
+        record: dict[str, Any] = {"model": self.run.name, "stem": self.run.stem or ""}
         record.update(
             {name: "" if self.run.values[name] is None else round(self.run.values[name], 6) for name in FIGURES}
         )
@@ -151,6 +163,7 @@ class ReportRow:
             for name in FIGURES:
                 value = (self.reference or {}).get(name)
                 record[f"ref_{name}"] = "" if value is None else value
+        record["variant"] = self.run.variant  # after the main and ref_ columns: the tables' order comes first
         record.update({key: "" if value is None else value for key, value in self.seed_stats_cells().items()})
         record["top1_split"] = self.run.top1_source or ""
         for column, key in EXTRA:
@@ -168,6 +181,7 @@ class Report:
     markdown: str = ""
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    run_count: int = 0  # runs in the rows, copies counted once
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -182,12 +196,13 @@ def _common_root(runs: list[Run]) -> Path:
 
 
 def build_rows(
-    runs: list[Run], reference: Reference | None, tolerance: float = DEFAULT_TOLERANCE
+    groups: list[list[Run]], reference: Reference | None, tolerance: float = DEFAULT_TOLERANCE
 ) -> tuple[list[ReportRow], list[str]]:
-    """One row per recipe (runs that differ only in seed are one row, `seeds.merge_seeds`), in reference order
-    (matched rows first), then the rest in path order; notes on what did not match."""
+    """One row per recipe (`seeds.group_by_recipe`'s groups: runs that differ only in seed are one row,
+    `seeds.merge_seeds`), in reference order (matched rows first), then the rest in path order; notes on what did
+    not match."""
     notes: list[str] = []
-    merged = [merge_seeds(group) for group in group_by_recipe(runs)]
+    merged = [merge_seeds(group) for group in groups]
     if reference is None:
         return [ReportRow(run, seed_stats=stats, tolerance=tolerance) for run, stats in merged], notes
     matched, unmatched, used = [], [], set()
@@ -321,7 +336,7 @@ def render_top1_over_seeds(rows: list[ReportRow]) -> list[str]:
             + [
                 MISSING
                 if values[name] is None
-                else f"{values[name]:g}"
+                else f"{values[name]:g}" + ("†" if name == "top1_mean" and row.run.top1_source == "val" else "")
                 if isinstance(values[name], float)
                 else str(values[name])
                 for name in SEED_STATS_COLUMNS
@@ -330,9 +345,9 @@ def render_top1_over_seeds(rows: list[ReportRow]) -> list[str]:
         )
     return [
         "",
-        f"Top-1 (%) over seeds (runs equal but for the seed; 95% interval: Student t; top1_int8_mean: the same "
-        f"weights in ONNX Runtime int8; verdict: |mean - published| <= max(ci95, {shown[0].tolerance:g}) is "
-        f"`reproduced`):",
+        f"Top-1 (%) over seeds (runs equal but for the seed; one split a row, `†`: validation; 95% interval: "
+        f"Student t; top1_int8_mean: the same weights in ONNX Runtime int8; verdict: |mean - published| <= "
+        f"max(ci95, {shown[0].tolerance:g}) is `reproduced`):",
         "",
         *markdown_table(columns, cells),
     ]
@@ -376,7 +391,7 @@ def render_comparisons(rows: list[ReportRow]) -> list[str]:
 def render_markdown(report: Report, sources: list[str]) -> str:
     with_reference = report.reference is not None
     lines = ["# lnrepro report", ""]
-    runs = sum(max(row.seed_stats.n_seeds, 1) if row.seed_stats else 1 for row in report.rows)
+    runs = report.run_count
     lines.append(
         f"{runs} run(s) from {', '.join(sources)}"
         + (f", {len(report.rows)} rows (seeds averaged)." if runs != len(report.rows) else ".")
@@ -496,16 +511,21 @@ def make_report(
     a verdict within `tolerance` points: `lnrepro.reporting.seeds`).
 
     `out_dir` defaults to the directory given when there is one, else ./report. Raises `ReportError` (one line)
-    when no metrics.json is found.
+    when no metrics.json is found. What could not be used (a file, a key of the wrong type, a copy) is one warning on
+    stderr and one note each.
     """
     ref = load_reference(reference) if reference else None
-    runs = load_runs(list(paths), conv_only=bool(ref and ref.conv_only))
+    runs, problems = load_runs(list(paths), conv_only=bool(ref and ref.conv_only))
+    runs, copies = drop_copies(runs)
+    groups = group_by_recipe(runs)
+    problems += copies + mixed_split_notes(groups)
+    warn(problems)
     if out_dir is None:
         out_dir = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path("report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, notes = build_rows(runs, ref, tolerance)
-    report = Report(rows=rows, reference=ref, out_dir=out, notes=notes)
+    rows, notes = build_rows(groups, ref, tolerance)
+    report = Report(rows=rows, reference=ref, out_dir=out, notes=problems + notes, run_count=len(runs))
     if ref is not None and ref.conv_only and any(r.run.values["params"] is None for r in rows):
         report.notes.append(
             "params/FLOPs need `params_conv`/`flops_conv` in metrics.json (the ghost_vs_dwpw table counts "
