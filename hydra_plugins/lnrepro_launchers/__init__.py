@@ -1,2 +1,3 @@
-"""lnrepro's Hydra launchers (`hydra/launcher=slurm`, `hydra/launcher=local`): submitit's, with the failures of a
-sweep named by job and log file. Hydra finds launcher classes only inside the `hydra_plugins` package."""
+"""lnrepro's Hydra launchers (`hydra/launcher=sequential`, the default; `hydra/launcher=local`,
+`hydra/launcher=slurm`): Hydra's and submitit's, with every failed job of a sweep named by its overrides and log, and
+SIGTERM and SIGINT stopping a sweep cleanly. Hydra finds launcher classes only inside the `hydra_plugins` package."""
