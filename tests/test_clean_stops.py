@@ -16,20 +16,21 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from tests.test_data_safety import folder_training, small_tree  # noqa: F401 (small_tree: a fixture)
 from tests.test_reliability import RANDOM, TINY, assert_same_run, error_lines
 
 # 4 steps of 16 images an epoch; a pause after each step leaves room to send a signal mid-epoch
 SLOW_STEPS = ["+callbacks.slow._target_=tests.helpers.SlowTraining", "+callbacks.slow.seconds=0.2"]
 
 
-def start(script: str, *overrides: str, log_dir: Path, tiny: bool = True) -> subprocess.Popen:
+def start(script: str, *overrides: str, log_dir: Path, tiny: bool = True, session: bool = False) -> subprocess.Popen:
     """`script` as a user starts it, one compute thread, output into files (a pipe nobody reads could stall it)."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
     env["OMP_NUM_THREADS"] = "1"
     log_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(ROOT / script), f"paths.log_dir={log_dir}", *(TINY if tiny else []), *overrides]
     with open(log_dir / "stdout.txt", "w") as stdout, open(log_dir / "stderr.txt", "w") as stderr:
-        return subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
+        return subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT, start_new_session=session)
 
 
 def wait_for(
@@ -131,6 +132,21 @@ def test_eval_and_profile_stop_with_one_line_and_143(tmp_path, tiny_run):
     assert status == 143, stderr[-3000:]
     (line,) = [line for line in stderr.splitlines() if line.startswith("interrupted:")]
     assert "stopped by SIGTERM during profiling" in line and "Traceback" not in stderr
+
+
+def test_ctrl_c_to_the_whole_process_group_stops_cleanly_with_loader_workers(small_tree, tmp_path):  # noqa: F811
+    """Ctrl+C reaches every process of the terminal's group, DataLoader workers included: they must not die of it
+    (the run would end with "worker exited unexpectedly"), the main process stops at the end of the step."""
+    overrides = [item for item in TINY if not item.startswith("data")]
+    overrides += folder_training(small_tree, "data.num_workers=1", "data.persistent_workers=true")
+    overrides += ["trainer.max_epochs=3", "callbacks.last_checkpoint.every_n_train_steps=1", *SLOW_STEPS]
+    process = start("train.py", *overrides, log_dir=tmp_path, tiny=False, session=True)
+    wait_for(process, tmp_path, "train/runs/*/checkpoints/last.ckpt")
+    os.killpg(process.pid, signal.SIGINT)
+    status, stderr = finish(process, tmp_path)
+    assert status == 130, stderr[-3000:]
+    assert "stopped by SIGINT during training" in stderr and "exited unexpectedly" not in stderr
+    assert "Traceback" not in stderr
 
 
 # --------------------------------------------------------------------------------------------------------------------

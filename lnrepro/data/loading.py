@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -82,6 +85,27 @@ class _SkipFirst:
         return itertools.islice(iter(self.batches), skip, None)
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@contextlib.contextmanager
+def stop_signals_blocked_in_new_workers() -> Iterator[None]:
+    """Worker processes started inside this block never act on SIGTERM or SIGINT: the main process decides when a
+    run stops (`lnrepro.training.signals`: at the end of a step, with a checkpoint). Ctrl+C reaches every process of
+    the terminal's group and `scancel` every process of the job; a worker that died of it would end the run with
+    "DataLoader worker exited unexpectedly" before the clean stop. Blocked, not ignored: a signal that reaches the
+    main process meanwhile waits and is handled right after, while the workers inherit the blocked mask (across
+    fork and exec alike) and leave such signals pending until the main process shuts them down."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class PassDataLoader(DataLoader):
     """A DataLoader that tells its dataset when a pass over it starts and ends, through the dataset's
     `pass_started()` and `pass_ended()` where it has them (`lnrepro.data.imagenet.DecodedSplit` counts the images
@@ -102,7 +126,8 @@ class PassDataLoader(DataLoader):
                 ended()
 
     def _batches(self):
-        return super().__iter__()
+        with stop_signals_blocked_in_new_workers():  # the workers start here (the first pass, or every pass)
+            return super().__iter__()
 
 
 class ResumableDataLoader(PassDataLoader):
