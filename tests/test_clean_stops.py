@@ -7,11 +7,13 @@ import json
 import os
 import random
 import signal
+import signal as signal_module
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -147,6 +149,45 @@ def test_ctrl_c_to_the_whole_process_group_stops_cleanly_with_loader_workers(sma
     assert status == 130, stderr[-3000:]
     assert "stopped by SIGINT during training" in stderr and "exited unexpectedly" not in stderr
     assert "Traceback" not in stderr
+
+
+class SignalAtStep(pl.Callback):
+    """Send this process `signal` as the training step `step` starts."""
+
+    def __init__(self, step: int, signal: str):
+        self.step, self.signal = step, getattr(signal_module, signal)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
+
+
+def test_submitit_s_requeue_notice_waits_for_a_checkpoint_at_the_end_of_the_step(make_train_cfg, tmp_path):
+    """SIGUSR2 in a SLURM job: submitit's handler requeues the job and exits wherever training is. It is called
+    at the end of the step, after last.ckpt is saved there (here a stand-in for it records what it found)."""
+    from lnrepro.tasks import run_task, train
+
+    found = {}
+
+    def submitit_handler(number, frame):  # what submitit's checkpoint_and_try_requeue does, after `scontrol requeue`
+        found["step"] = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        sys.exit(-1)
+
+    cfg = make_train_cfg(
+        "model.width=0.25",
+        "data.image_size=16",
+        "trainer.max_epochs=2",
+        "+callbacks.notice._target_=tests.test_clean_stops.SignalAtStep",
+        "+callbacks.notice.step=2",
+        "+callbacks.notice.signal=SIGUSR2",
+    )
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            run_task(train, cfg)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert exited.value.code == -1 and found["step"] == 3  # the step that was running finished and was saved
 
 
 # --------------------------------------------------------------------------------------------------------------------

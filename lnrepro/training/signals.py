@@ -10,6 +10,10 @@ finished) and Ctrl+C into `sys.exit(1)` wherever it lands. Here:
 - Anywhere else (setup, testing, the end-of-fit profile, `lnrepro-eval`, `lnrepro-profile`) there is nothing to
   save: the task stops at once.
 
+SIGUSR2 is submitit's notice in a SLURM job (`signal_delay_s` before the time limit, or on preemption): its handler
+requeues the job and exits at once, wherever training is. While the network trains, that handler is called only
+at the end of the step, after `last.ckpt` is saved there, so the requeued job loses nothing.
+
 Either way `RunInterrupted` carries one line to the entry point, which exits 128 + the signal number (143 for
 SIGTERM, 130 for SIGINT), as a shell reports a process killed by that signal. A second Ctrl+C while the first waits
 for the end of a step stops at once. Files are never half-written: checkpoints and metrics.json are written to a
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -34,6 +39,8 @@ from lnrepro.errors import RunInterrupted
 log = logging.getLogger("lnrepro")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# submitit's preemption and time-limit notice (its SUBMITIT_PREEMPT_SIGNAL, USR2 unless set otherwise)
+REQUEUE_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
 
 
 class _SignalState:
@@ -45,6 +52,24 @@ class _SignalState:
         self.deferring = False
         self.phase = "setup"
         self.nothing_saved = "nothing was saved"
+        self.requeue_handler = None  # submitit's, where it installed one
+        self.requeue_pending = False
+
+    def handle_requeue(self, number: int, frame) -> None:
+        if self.deferring:
+            self.requeue_pending = True
+            log.warning(
+                "%s received (the job's time limit is near, or it is preempted): saving a checkpoint at the end of "
+                "this step, then submitit requeues the job",
+                signal.Signals(number).name,
+            )
+            return
+        self.requeue_handler(number, frame)
+
+    def requeue_now(self) -> None:
+        """Call submitit's handler that was held back: it requeues the job and exits (on the first process)."""
+        self.requeue_pending = False
+        self.requeue_handler(REQUEUE_SIGNAL, None)
 
     def handle(self, number: int, frame) -> None:
         name = signal.Signals(number).name
@@ -64,6 +89,8 @@ def _install() -> None:
     if threading.current_thread() is threading.main_thread():
         for number in STOP_SIGNALS:
             signal.signal(number, state.handle)
+        if state.requeue_handler is not None:
+            signal.signal(REQUEUE_SIGNAL, state.handle_requeue)
 
 
 @contextlib.contextmanager
@@ -73,8 +100,10 @@ def stop_cleanly(phase: str, nothing_saved: str = "nothing was saved: run the sa
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    previous = {number: signal.getsignal(number) for number in (*STOP_SIGNALS, REQUEUE_SIGNAL)}
     state.received, state.deferring, state.phase, state.nothing_saved = None, False, phase, nothing_saved
+    state.requeue_pending = False
+    state.requeue_handler = previous[REQUEUE_SIGNAL] if callable(previous[REQUEUE_SIGNAL]) else None
     _install()
     try:
         yield
@@ -143,7 +172,7 @@ class StopOnSignal(pl.Callback):
         set_phase("the end of training")
 
     def _stop_requested(self, trainer: pl.Trainer) -> bool:
-        received = state.received is not None
+        received = state.received is not None or state.requeue_pending
         if trainer.world_size > 1:
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         return received
@@ -151,6 +180,13 @@ class StopOnSignal(pl.Callback):
     def _save_and_stop(self, trainer: pl.Trainer, where: str) -> None:
         state.deferring = False  # a second signal while saving stops at once; the write is atomic
         trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
+        if state.requeue_pending and state.received is None:
+            log.info("saved %s for the requeued job", self.checkpoint_path)
+            state.requeue_now()
+            # Only the first process's handler requeues and exits; the others go on until SLURM stops the job
+            # (exiting first could end the job step before the requeue).
+            state.deferring = True
+            return
         if state.received is None:  # another process received it
             state.received = signal.SIGTERM
         raise_if_received(trainer, self.checkpoint_path, where)
