@@ -88,8 +88,8 @@ TEST_CKPT_PATH = _key("test/ckpt_path", "path", "the checkpoint train.py tested 
 RESUMED_FROM = _key(
     "resumed_from",
     "path",
-    "the checkpoint training continued from: ckpt_path=, or the run "
-    "directory's own checkpoints/last.ckpt found by a requeued or restarted job; null: a fresh start",
+    "the checkpoint training continued from: the furthest that loads of the run directory's own last.ckpt (a "
+    "requeued or restarted job), ckpt_path= and its own epoch_*.ckpt; null: a fresh start",
 )
 
 # --- processes and the cluster job (lnrepro.training.distributed) -----------------------------------------------
