@@ -360,7 +360,8 @@ def _kill_at(process: subprocess.Popen, log_dir: Path, point: str, rng: random.R
     if point == "between_steps":
         wait_for(process, log_dir, "train/runs/*/checkpoints/last.ckpt")
         time.sleep(rng.uniform(0.0, 1.0))
-    elif point == "checkpoint_write":
+    elif point == "checkpoint_write":  # one that replaces a last.ckpt: a kill in the first write leaves nothing
+        wait_for(process, log_dir, "train/runs/*/checkpoints/last.ckpt")
         wait_for(process, log_dir, "train/runs/*/checkpoints/.*.tmp", poll_s=0.0)  # a write lasts milliseconds
     elif point == "testing":
         wait_for(process, log_dir, "train/runs/*/train.log", "Restoring states from the checkpoint")
