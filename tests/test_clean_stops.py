@@ -241,9 +241,8 @@ def test_resume_prefers_the_run_s_last_then_the_given_then_its_furthest_epoch_fi
     # epoch files by the global step they hold, not by name or time: the newer-looking file is behind
     os.utime(checkpoints / "epoch_000.ckpt")
     assert resume_checkpoint(make_cfg(), module)[1] == str(checkpoints / "epoch_001.ckpt")
-    damage(checkpoints / "epoch_001.ckpt")
+    damage(checkpoints / "epoch_001.ckpt")  # no step to read: tried last, so the good one wins before it
     assert resume_checkpoint(make_cfg(), module)[1] == str(checkpoints / "epoch_000.ckpt")
-    assert (checkpoints / "epoch_001.ckpt.damaged").is_file()
 
 
 def test_a_given_file_is_never_renamed_and_none_loading_is_one_line(resume_case, tmp_path):
@@ -284,6 +283,25 @@ def test_a_requeued_job_with_a_truncated_last_ckpt_resumes_from_its_epoch_checkp
     metrics = metrics_in(run_dir)
     assert metrics["resumed_from"] == str(run_dir / "checkpoints" / "epoch_000.ckpt")
     assert metrics["global_step"] == 8 and (run_dir / "checkpoints" / "last.ckpt.damaged").is_file()
+
+
+def test_a_kill_after_an_epoch_s_last_step_resumes_with_that_epoch_s_validation(make_train_cfg, tmp_path):
+    """every_n_train_steps dividing the steps of an epoch: Lightning resumes from a checkpoint of an epoch's last
+    step without that epoch's validation (and its best checkpoint); last.ckpt is written at the epoch's end
+    instead, after validation, and the resumed run matches the uninterrupted one."""
+    from lnrepro.tasks import train
+    from tests.test_reliability import metrics_of_dir
+
+    common = ["model.width=0.25", "data.image_size=16", "trainer.max_epochs=2", *RANDOM]
+    common += ["callbacks.last_checkpoint.every_n_train_steps=2"]  # 4 steps an epoch
+    train(make_train_cfg(*common, output_dir=tmp_path / "full"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crash = ["+callbacks.crash._target_=tests.test_reliability.CrashAtStep", "+callbacks.crash.step=5"]
+        train(make_train_cfg(*common, *crash, output_dir=tmp_path / "crashed"))
+    last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    train(make_train_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "resumed"))
+    assert_same_run(metrics_of_dir(tmp_path / "full"), metrics_of_dir(tmp_path / "resumed"))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -125,7 +125,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"), multirun_group=hydra_multirun_name(), checkpoint=checkpoint)
     del checkpoint  # fit reads the file again: no second copy of the weights in memory meanwhile
     callbacks = callbacks_for_trainer(callbacks + logger_callbacks(loggers), cfg.trainer, loggers)
-    callbacks.append(signals.StopOnSignal(output_dir / distributed.LAST_CHECKPOINT))
+    if cfg.trainer.get("enable_checkpointing") is not False:  # else a signal stops at once, with nothing to save
+        callbacks.append(signals.StopOnSignal(output_dir / distributed.LAST_CHECKPOINT))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     # data.batch_size is the global batch: each process gets its share
     scale = distributed.set_up_processes(trainer, datamodule, in_multirun=hydra_multirun_name() is not None)

@@ -89,3 +89,29 @@ class ResumableModelCheckpoint(ModelCheckpoint):
             super().load_state_dict(state_dict)
             return
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+
+
+def on_last_batch_of_epoch(trainer) -> bool:
+    """Whether the training step that just ended was its epoch's last.
+
+    Lightning resumes from a checkpoint written at the end of an epoch's last step without running that epoch's
+    validation (its training loop reads the restart as `RESTARTED_ON_TRAIN_BATCH_END` and fast-forwards the
+    validation loop): the resumed run would miss one validation, and with it possibly its best checkpoint. So a
+    mid-epoch checkpoint is never written there; the epoch's end, after validation, writes it instead.
+    """
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """The `last.ckpt` callback: every epoch's end, and with `every_n_train_steps=N` also every N steps inside an
+    epoch (Lightning's ModelCheckpoint takes one or the other) but never at an epoch's last step
+    (`on_last_batch_of_epoch`), so a kill at any moment resumes to the uninterrupted run's numbers."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not on_last_batch_of_epoch(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._every_n_train_steps >= 1 and not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -33,8 +33,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint
 
 from lnrepro.errors import RunInterrupted
+from lnrepro.training.checkpoint_io import on_last_batch_of_epoch
 
 log = logging.getLogger("lnrepro")
 
@@ -149,16 +151,22 @@ def raise_if_received(trainer: pl.Trainer, checkpoint: str | Path | None, where:
     )
 
 
-class StopOnSignal(pl.Callback):
+class StopOnSignal(Checkpoint):
     """Stops training at the end of the step (or epoch) during which SIGTERM or SIGINT came, after saving
     `last.ckpt` at `checkpoint_path`; raises `RunInterrupted` naming it and the command that resumes.
 
-    Under DDP every process stops at the same step: whether any process received a signal is decided together
-    (one small all-reduce per step, only when there are several processes).
+    A `Checkpoint` callback, so that Lightning runs it after the ModelCheckpoints (it moves checkpoint callbacks to
+    the end, in their order, and calls them after the others at an epoch's end): the checkpoint saved here holds
+    their record of the epoch's best, as an uninterrupted run's would. Under DDP every process stops at the same
+    step: whether any process received a signal is decided together (one small all-reduce per step, only when
+    there are several processes).
     """
 
     def __init__(self, checkpoint_path: str | Path):
         self.checkpoint_path = Path(checkpoint_path)
+        # what code reading `trainer.checkpoint_callbacks` expects of each (StopOnNonFiniteLoss names the newest)
+        self.best_model_path = ""
+        self.last_model_path = ""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning installed its own SIGTERM handler as fit began (it raises a status-less SystemExit from inside
@@ -180,6 +188,7 @@ class StopOnSignal(pl.Callback):
     def _save_and_stop(self, trainer: pl.Trainer, where: str) -> None:
         state.deferring = False  # a second signal while saving stops at once; the write is atomic
         trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
+        self.last_model_path = str(self.checkpoint_path)
         if state.requeue_pending and state.received is None:
             log.info("saved %s for the requeued job", self.checkpoint_path)
             state.requeue_now()
@@ -192,11 +201,13 @@ class StopOnSignal(pl.Callback):
         raise_if_received(trainer, self.checkpoint_path, where)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int):
+        if on_last_batch_of_epoch(trainer):  # validation comes first: the epoch's end stops (see there)
+            return
         if self._stop_requested(trainer):
             self._save_and_stop(trainer, "during training")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # A signal during validation: validation ends and saves its checkpoints (ModelCheckpoint runs after this
-        # callback only at the epoch end of a run without validation, hence the save here too).
+        # A signal during validation: it ends, the ModelCheckpoints record the epoch (they run before this), then
+        # the run stops with their record in its checkpoint.
         if self._stop_requested(trainer):
             self._save_and_stop(trainer, "at the end of an epoch")
