@@ -85,21 +85,18 @@ class _SkipFirst:
         return itertools.islice(iter(self.batches), skip, None)
 
 
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
 @contextlib.contextmanager
-def stop_signals_blocked_in_new_workers() -> Iterator[None]:
-    """Worker processes started inside this block never act on SIGTERM or SIGINT: the main process decides when a
-    run stops (`lnrepro.training.signals`: at the end of a step, with a checkpoint). Ctrl+C reaches every process of
-    the terminal's group and `scancel` every process of the job; a worker that died of it would end the run with
-    "DataLoader worker exited unexpectedly" before the clean stop. Blocked, not ignored: a signal that reaches the
-    main process meanwhile waits and is handled right after, while the workers inherit the blocked mask (across
-    fork and exec alike) and leave such signals pending until the main process shuts them down."""
+def ctrl_c_blocked_in_new_workers() -> Iterator[None]:
+    """Worker processes started inside this block never act on SIGINT: the main process decides when a run stops
+    (`lnrepro.training.signals`: at the end of a step, with a checkpoint). Ctrl+C reaches every process of the
+    terminal's group; a worker that died of it would end the run with "DataLoader worker exited unexpectedly"
+    before the clean stop. Blocked, not ignored: a SIGINT that reaches the main process meanwhile waits and is
+    handled right after, while the workers inherit the blocked mask (across fork and exec alike). SIGTERM stays as
+    it is: torch and multiprocessing end workers with it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
@@ -126,7 +123,7 @@ class PassDataLoader(DataLoader):
                 ended()
 
     def _batches(self):
-        with stop_signals_blocked_in_new_workers():  # the workers start here (the first pass, or every pass)
+        with ctrl_c_blocked_in_new_workers():  # the workers start here (the first pass, or every pass)
             return super().__iter__()
 
 

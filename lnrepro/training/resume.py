@@ -81,6 +81,8 @@ def resume_checkpoint(cfg: DictConfig, module: nn.Module) -> tuple[dict[str, Any
             checkpoint = load_checkpoint(path, trusted=bool(cfg.get("trust_checkpoint")))
             check_matches(checkpoint, module, path)
         except UserInputError as error:
+            if len(tried) == 1 and not own:  # the user's file alone: its own line says what is wrong and the fix
+                raise
             aside = _set_aside(path) if own and path.exists() else None
             kept = f" (kept as {aside})" if aside else ""
             log.warning("not resuming from %s%s: %s", path, kept, error)
