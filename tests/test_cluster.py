@@ -324,7 +324,8 @@ def test_ddp_that_would_rerun_the_command_line_is_refused_inside_a_plain_multiru
         timeout=600,
     )
     assert result.returncode != 0
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("lnrepro.errors.UserInputError")]
+    # the sweep's ending: one line per failed job (hydra_plugins/lnrepro_launchers: SequentialLauncher)
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("job #0") and "failed: " in line]
     assert "would start the whole sweep again in every process" in line
     assert "hydra/launcher=local hydra.launcher.tasks_per_node=2" in line and "hydra/launcher=slurm" in line
     assert not list(tmp_path.rglob("metrics.json")) and "Initializing distributed" not in result.stderr
