@@ -111,7 +111,8 @@ def stop_cleanly(phase: str, nothing_saved: str = "nothing was saved: run the sa
         yield
     finally:
         for number, handler in previous.items():
-            signal.signal(number, handler)
+            if handler is not None:  # None: a handler installed outside Python, which cannot be put back
+                signal.signal(number, handler)
         state.deferring = False
 
 
@@ -136,8 +137,8 @@ def resume_command(checkpoint: str | Path) -> str:
 
 
 def raise_if_received(trainer: pl.Trainer, checkpoint: str | Path | None, where: str) -> None:
-    """Stop here when a signal came while training could not stop (the last validation): `checkpoint` is the
-    run's newest, already written."""
+    """Stop here when a signal has come (at a step's or epoch's end, or after the fit, for one that came after the
+    last epoch's end): `checkpoint` is the run's newest, already written."""
     if state.received is None:
         return
     name = signal.Signals(state.received).name
