@@ -188,6 +188,7 @@ class StopOnSignal(Checkpoint):
 
     def _save_and_stop(self, trainer: pl.Trainer, where: str) -> None:
         state.deferring = False  # a second signal while saving stops at once; the write is atomic
+        # a save, not a load: weights_only=False keeps the optimizer and loop states a resume needs (our own file)
         trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
         self.last_model_path = str(self.checkpoint_path)
         if state.requeue_pending and state.received is None:
