@@ -209,6 +209,12 @@ _key("compile/graphs", "count", "graphs compiled (0: this process had compiled t
 _key("compile/cache_warm", "bool", "inductor's cache already held the compiled code (its hit/miss counters)")
 _key("cpu/<feature>", "-", "the CPU's model name and instruction-set features (avx2, avx512, vnni, amx, bf16)")
 
+# --- the roofline's peaks on the measuring machine (lnrepro.profiling.roofline, cached per CPU and threads) -------
+ROOFLINE_GFLOPS = _key("roofline/gflops", "GFLOP/s", "fp32 peak: best of a large square torch.mm at `threads`")
+ROOFLINE_GBPS = _key(
+    "roofline/gbps", "GB/s", "memory bandwidth: best of a copy far beyond the last-level cache, bytes read + written"
+)
+
 
 def runtime_key(pattern: str, runtime: str) -> str:
     """The key of a `<runtime>` pattern above for one runtime: `runtime_key(LATENCY, "onnxruntime")`."""

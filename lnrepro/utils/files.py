@@ -88,3 +88,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def cache_dir() -> Path:
+    """Where lnrepro keeps what it measured about this machine (the roofline's peaks, and what later figures
+    build on them): `$LNREPRO_ROOT/cache` when LNREPRO_ROOT is set (it moves `logs/` and `data/` too), else
+    `$XDG_CACHE_HOME/lnrepro` (default `~/.cache/lnrepro`). Not created here: writers create it."""
+    root = os.environ.get("LNREPRO_ROOT")
+    if root:
+        return Path(root).expanduser() / "cache"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec: a relative XDG_CACHE_HOME is invalid and is to be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "lnrepro"
