@@ -21,6 +21,13 @@ from typing import Any
 
 from lnrepro import schema
 from lnrepro.reporting.collect import Run, load_runs, warn
+from lnrepro.reporting.layers import (
+    ROOFLINE_PREFIX,
+    LayerTable,
+    load_layer_tables,
+    make_roofline_plots,
+    render_layer_sections,
+)
 from lnrepro.reporting.plots import scatter_plot
 from lnrepro.reporting.reference import Reference, load_reference
 from lnrepro.reporting.seeds import (
@@ -182,6 +189,7 @@ class Report:
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     run_count: int = 0  # runs in the rows, copies counted once
+    layer_tables: list[LayerTable] = field(default_factory=list)  # layers/<runtime>.csv of each run (layers.py)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -435,11 +443,16 @@ def render_markdown(report: Report, sources: list[str]) -> str:
     if report.notes:
         lines.append("")
         lines.extend(f"- {note}" for note in report.notes)
-    plots = [(name, path) for name, path in report.files.items() if path.suffix == ".png"]
+    plots = [
+        (name, path)
+        for name, path in report.files.items()
+        if path.suffix == ".png" and not name.startswith(ROOFLINE_PREFIX)  # shown in their layer sections
+    ]
     if plots:
         lines.append("")
         for name, path in plots:
             lines.append(f"![{name.replace('_', ' ')}]({path.name})")
+    lines.extend(render_layer_sections(report.layer_tables))  # the details, after the overview
     return "\n".join(lines) + "\n"
 
 
@@ -497,6 +510,7 @@ def make_plots(report: Report) -> None:
             pareto=name in ("top1_vs_latency", "top1_vs_deployed_latency"),
             published=published,
         )
+    report.files.update(make_roofline_plots(report.layer_tables, report.out_dir))
 
 
 def make_report(
@@ -518,14 +532,17 @@ def make_report(
     runs, problems = load_runs(list(paths), conv_only=bool(ref and ref.conv_only))
     runs, copies = drop_copies(runs)
     groups = group_by_recipe(runs)
-    problems += copies + mixed_split_notes(groups)
+    layer_tables, layer_problems = load_layer_tables(runs)
+    problems += copies + mixed_split_notes(groups) + layer_problems
     warn(problems)
     if out_dir is None:
         out_dir = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path("report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, notes = build_rows(groups, ref, tolerance)
-    report = Report(rows=rows, reference=ref, out_dir=out, notes=problems + notes, run_count=len(runs))
+    report = Report(
+        rows=rows, reference=ref, out_dir=out, notes=problems + notes, run_count=len(runs), layer_tables=layer_tables
+    )
     if ref is not None and ref.conv_only and any(r.run.values["params"] is None for r in rows):
         report.notes.append(
             "params/FLOPs need `params_conv`/`flops_conv` in metrics.json (the ghost_vs_dwpw table counts "
