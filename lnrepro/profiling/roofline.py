@@ -11,7 +11,7 @@ convolutions end in) and a tensor copy far larger than the last-level cache (byt
 blocks timed by `torch.utils.benchmark` at the requested thread count: the best, not the median, because a peak is
 what the machine can do, and another process on a shared machine only ever makes a block slower.
 
-`machine_peaks` measures once per CPU model, thread count, torch version and benchmark size (under 2 s on this
+`machine_peaks` measures once per CPU model, thread count, torch version and benchmark size (about 2 s on this
 project's 2-core EPYC) and keeps the result in `lnrepro.utils.files.cache_dir()/roofline.json`; a different CPU,
 thread count or torch (whose BLAS sets the GEMM peak) measures afresh. A cache file that cannot be read or holds
 nonsense is measured again and overwritten; one that cannot be written costs a warning, never the measurement.
