@@ -84,6 +84,10 @@ CONFIG_DIGEST = _key(
 EPOCHS = _key("epochs", "epochs", "epochs trained")
 GLOBAL_STEP = _key("global_step", "steps", "optimizer steps taken")
 CKPT_PATH = _key("ckpt_path", "path", "the checkpoint eval.py evaluated")
+EXPORTED = _key("exported", "path", "the exported file eval.py evaluated (exported=...: .onnx or .pte)")
+EXPORTED_RUNTIME = _key(
+    "exported/runtime", "-", "the runtime that ran the exported file (its test/acc is test/acc_<runtime> of its run)"
+)
 TEST_CKPT_PATH = _key("test/ckpt_path", "path", "the checkpoint train.py tested (the best one)")
 RESUMED_FROM = _key(
     "resumed_from",
@@ -177,7 +181,7 @@ MEMORY_INFER_PEAK_MIB = _key("memory/infer_peak_mib", "MiB", "peak memory of one
 # --- per deployment runtime (lnrepro.profiling.runtimes) --------------------------------------------------------
 #: The deployment runtimes a network is measured in, in the order tables list them: the one list of their names
 #: (`profile.runtimes` takes any of them; `<runtime>` in the keys below is one of them).
-RUNTIMES = ("eager", "compiled", "onnxruntime", "onnxruntime_int8")
+RUNTIMES = ("eager", "compiled", "onnxruntime", "onnxruntime_int8", "executorch", "executorch_int8")
 LATENCY = _key("latency/<runtime>_ms", "ms", "median batch-1 latency in the runtime")
 LATENCY_P90 = _key("latency/<runtime>_p90_ms", "ms", "90th percentile of the same passes")
 THROUGHPUT = _key("infer/<runtime>_imgs_per_s", "images/s", "inference throughput at `batch_size` in the runtime")
@@ -197,13 +201,20 @@ ACCURACY = _key(
 )
 _key("<runtime>/max_abs_diff", "logits", "largest |runtime - eager| logit on one image")
 ERROR = _key("<runtime>/error", "-", "why the runtime's figures are missing (the run itself went on)")
-_key("<runtime>/export_s", "s", "ONNX export")
+_key("<runtime>/export_s", "s", "export: ONNX, or torch.export and lowering to XNNPACK (ExecuTorch)")
 _key("<runtime>/quantize_s", "s", "int8 pre-processing and static quantisation")
 _key("<runtime>/reduce_range", "bool", "7-bit weights (x86 CPU without VNNI)")
 _key("<runtime>/calibration_images", "images", "images the int8 activation ranges were calibrated on")
-_key("<runtime>/model_bytes", "bytes", "size of the ONNX model")
+_key("<runtime>/model_bytes", "bytes", "size of the exported file (.onnx or .pte)")
+_key(
+    "<runtime>/max_batch",
+    "images",
+    "ExecuTorch: the batch the .pte was exported for (larger batches run in chunks of it)",
+)
+_key("<runtime>/undelegated_ops", "ops", "ExecuTorch: operators XNNPACK did not take (run by portable kernels)")
+_key("<runtime>/threads", "threads", "ExecuTorch: threads of its thread pool (torch's CPU thread count)")
 _key("<runtime>/provider", "-", "ONNX Runtime execution provider")
-_key("<runtime>/version", "-", "onnxruntime version")
+_key("<runtime>/version", "-", "onnxruntime or executorch version")
 _key("compile/<batch>_s", "s", "torch.compile's first call at one batch size (1, then the throughput batch)")
 _key("compile/graphs", "count", "graphs compiled (0: this process had compiled the same network before)")
 _key("compile/cache_warm", "bool", "inductor's cache already held the compiled code (its hit/miss counters)")
@@ -214,6 +225,15 @@ ROOFLINE_GFLOPS = _key("roofline/gflops", "GFLOP/s", "fp32 peak: best of a large
 ROOFLINE_GBPS = _key(
     "roofline/gbps", "GB/s", "memory bandwidth: best of a copy far beyond the last-level cache, bytes read + written"
 )
+
+# --- where the time goes: per-layer times (lnrepro.profiling.layer_times; profile.layers=true) -------------------
+LAYERS_SUM = _key(
+    "layers/<runtime>_sum_ms",
+    "ms",
+    "sum of the per-layer median times in layers/<runtime>.csv, to set beside latency/<runtime>_ms (eager: the "
+    "operators alone, without the Python between them)",
+)
+LAYERS_ERROR = _key("layers/<runtime>_error", "-", "why the runtime's per-layer times are missing")
 
 
 def runtime_key(pattern: str, runtime: str) -> str:

@@ -44,9 +44,25 @@ from lnrepro.profiling.cpu import contended, cpu_features, cpu_pressure
 from lnrepro.profiling.timing import inference_throughput, latency
 from lnrepro.schema import RUNTIMES
 
-#: The packages each runtime imports (module name = the pip distribution name for both). The TorchScript ONNX
-#: exporter is part of torch; ONNX Runtime's quantisation tools import `onnx`.
-_PACKAGES = {"onnxruntime": ("onnxruntime",), "onnxruntime_int8": ("onnxruntime", "onnx")}
+#: The packages each runtime imports (module name = the pip distribution name for all). The TorchScript ONNX
+#: exporter is part of torch; ONNX Runtime's quantisation tools import `onnx`; ExecuTorch's int8 path imports the
+#: PT2E quantisation flow from torchao (torch 2.14 no longer has torch.ao.quantization.quantize_pt2e).
+_PACKAGES = {
+    "onnxruntime": ("onnxruntime",),
+    "onnxruntime_int8": ("onnxruntime", "onnx"),
+    "executorch": ("executorch",),
+    "executorch_int8": ("executorch", "torchao"),
+}
+#: Runtimes whose packages come with an optional extra of lnrepro rather than with lnrepro itself: ExecuTorch
+#: brings coremltools, pandas, scikit-learn and torchao (hundreds of MB) that training does not need.
+_EXTRAS = {"executorch": "mobile", "executorch_int8": "mobile"}
+
+#: The batch an ExecuTorch program is exported for: 1, what a phone app runs, and the only batch at which every
+#: family lowers whole. Checked 2026-12-03 (executorch 1.5.1): with a dynamic batch axis, ShuffleNet V2's channel
+#: shuffle (a view on the symbolic batch) stays outside XNNPACK and the delegates after it keep the example's
+#: static batch, so the program fails at any other batch; and a batch bound above 15 is not honoured at all.
+#: Larger batches (throughput, accuracy) run image by image: the speed of the file a phone ships.
+EXECUTORCH_MAX_BATCH = 1
 
 #: ONNX opset of the exports (17: every operator the zoo uses, supported by ONNX Runtime 1.18 and later).
 OPSET = 17
@@ -77,9 +93,8 @@ def check_runtime(runtime: str, device: torch.device | str = "cpu") -> None:
         raise UserInputError(f"unknown runtime {runtime!r}; choose from: {', '.join(RUNTIMES)}")
     for package in _PACKAGES.get(runtime, ()):
         if importlib.util.find_spec(package) is None:
-            raise UserInputError(
-                f"runtime {runtime!r} needs the package {package}, which is not installed (pip install {package})"
-            )
+            install = f"pip install 'lnrepro[{_EXTRAS[runtime]}]'" if runtime in _EXTRAS else f"pip install {package}"
+            raise UserInputError(f"runtime {runtime!r} needs the package {package}, which is not installed ({install})")
     if runtime == "compiled":
         candidates = _cxx_compilers(torch.device(device))
         if not any(shutil.which(c) for c in candidates):
@@ -90,10 +105,16 @@ def check_runtime(runtime: str, device: torch.device | str = "cpu") -> None:
             )
 
 
-def _calibration_images(calibration: torch.Tensor | None, input_size: InputSize) -> torch.Tensor:
+#: The runtimes that quantise to int8 with activation ranges calibrated on training images.
+INT8_RUNTIMES = ("onnxruntime_int8", "executorch_int8")
+
+
+def _calibration_images(
+    calibration: torch.Tensor | None, input_size: InputSize, runtime: str = "onnxruntime_int8"
+) -> torch.Tensor:
     if calibration is None:
         raise UserInputError(
-            "runtime 'onnxruntime_int8' needs calibration images (a float tensor of N >= 1 "
+            f"runtime {runtime!r} needs calibration images (a float tensor of N >= 1 "
             "normalised images) to choose its activation ranges"
         )
     if not isinstance(calibration, torch.Tensor) or calibration.dim() != 4:
@@ -347,8 +368,8 @@ def prepare(
     (model.onnx, model.int8.onnx), else written to a temporary directory that is removed."""
     device = model_device(model)
     check_runtime(runtime, device)
-    if runtime == "onnxruntime_int8" or calibration is not None:  # checked for every runtime: it is the probe
-        calibration = _calibration_images(calibration, input_size)
+    if runtime in INT8_RUNTIMES or calibration is not None:  # checked for every runtime: it is the probe
+        calibration = _calibration_images(calibration, input_size, runtime)
     model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule wraps the network it compiled
     probe = (
         calibration[:1]
@@ -365,6 +386,8 @@ def prepare(
         expected = model(probe.to(device, model_dtype(model))).float()
     if runtime == "compiled":
         runner = Runner(runtime, _Compiled(copy.deepcopy(model).eval(), facts), device, facts)
+    elif runtime.startswith("executorch"):
+        runner = _prepare_executorch(runtime, model, input_size, calibration, workdir, device, facts)
     else:
         runner = _prepare_onnx(runtime, model, input_size, calibration, workdir, device, facts)
     facts[f"{runtime}/max_abs_diff"] = float(
@@ -404,6 +427,146 @@ def _prepare_onnx(
     facts[f"{runtime}/provider"] = session.get_providers()[0]
     facts[f"{runtime}/version"] = onnxruntime.__version__
     return Runner(runtime, _onnx_runner(session), device, facts)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def lower_to_executorch(model: nn.Module, input_size: InputSize, calibration: torch.Tensor | None = None) -> bytes:
+    """The ExecuTorch program (.pte bytes) of a float32 CPU copy of `model` in eval mode, lowered to the XNNPACK
+    delegate, for batches of `EXECUTORCH_MAX_BATCH` images. With `calibration` (normalised images),
+    int8: PT2E static quantisation with XNNPACK's quantizer (symmetric, per-channel weights, activation ranges
+    observed on `calibration`), then the same lowering, so XNNPACK runs the quantised operators in int8.
+
+    This is the ExecuTorch tutorial's path (torch.export, to_edge_transform_and_lower with XnnpackPartitioner and
+    its transform passes, to_executorch), written out here because no library wraps it for an arbitrary nn.Module.
+    Operators XNNPACK does not take stay in the program and run on ExecuTorch's portable kernels."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.utils.configs import get_transform_passes
+    from executorch.exir import to_edge_transform_and_lower
+
+    exported = copy.deepcopy(model).float().cpu().eval()
+    images = torch.randn(EXECUTORCH_MAX_BATCH, *input_shape(input_size), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # export and quantisation flows warn about their own deprecations
+        try:
+            program = torch.export.export(exported, (images,))
+        except Exception as error:  # the network's failure, told in one line with the layer where it can be found
+            match = re.search(r"aten\.(\w+)", str(error))
+            layer = _unsupported_layer(exported, images, f"aten::{match.group(1)}") if match else None
+            raise UserInputError(
+                f"{type(model).__name__} cannot be exported with torch.export for ExecuTorch: {_first_line(error)}"
+                + (f" (in {layer})" if layer else "")
+                + "; replace that operation, or leave the ExecuTorch runtimes out"
+            ) from error
+        if calibration is not None:
+            program = torch.export.export(_quantized_pt2e(program, calibration), (images,))
+        try:
+            lowered = to_edge_transform_and_lower(
+                program, partitioner=[XnnpackPartitioner()], transform_passes=get_transform_passes()
+            )
+            return lowered.to_executorch().buffer
+        except Exception as error:
+            raise UserInputError(
+                f"{type(model).__name__} cannot be lowered to ExecuTorch/XNNPACK: {_first_line(error)}; "
+                "leave the ExecuTorch runtimes out for this network"
+            ) from error
+
+
+def _quantized_pt2e(program: torch.export.ExportedProgram, calibration: torch.Tensor) -> nn.Module:
+    """PT2E static int8 quantisation of an exported float program with XNNPACK's quantizer, its observers
+    calibrated on `calibration` in batches the program accepts."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(program.module(), quantizer)
+    with torch.no_grad():
+        for images in calibration.split(EXECUTORCH_MAX_BATCH):
+            prepared(images)
+    return convert_pt2e(prepared)
+
+
+def _undelegated_ops(program: bytes) -> int:
+    """Operators of the program's forward plan that are not XNNPACK delegate calls (they run on portable kernels)."""
+    from executorch.exir._serialize import _deserialize_pte_binary
+
+    plan = _deserialize_pte_binary(program).program.execution_plan[0]
+    return sum(
+        1
+        for chain in plan.chains
+        for instruction in chain.instructions
+        if type(instruction.instr_args).__name__ == "KernelCall"
+    )
+
+
+def _set_executorch_threads(threads: int) -> int:
+    """ExecuTorch's XNNPACK thread pool set to `threads` (torch's CPU thread count, as ONNX Runtime gets); the
+    pool is process-wide and must be set before a program is loaded. Returns the count it reports."""
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(threads)
+    return int(portable_lib._threadpool_get_thread_count())
+
+
+def executorch_runner(program: bytes | str | Path, enable_etdump: bool = False):
+    """A callable from a float NCHW batch to logits (torch tensor on the batch's device) running the ExecuTorch
+    program `program` (.pte bytes or path) on the CPU; batches larger than the program's bound run in chunks of
+    `EXECUTORCH_MAX_BATCH`. The loaded program is the callable's `.program` (its event trace, with
+    `enable_etdump`, is written by `.program.write_etdump_result_to_file`). Loading a .pte runs no Python code."""
+    from executorch.runtime import Runtime
+
+    loaded = Runtime.get().load_program(
+        program if isinstance(program, bytes) else Path(program), enable_etdump=enable_etdump, debug_buffer_size=0
+    )
+    method = loaded.load_method("forward")
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        chunks = images.detach().to("cpu", torch.float32).contiguous().split(EXECUTORCH_MAX_BATCH)
+        # clone: an output may live in the program's planned memory, which the next chunk overwrites
+        logits = torch.cat([method.execute([chunk])[0].clone() for chunk in chunks])
+        return logits if images.device.type == "cpu" else logits.to(images.device)
+
+    run.program = loaded
+    # The loaded program reads the bytes in place (executorch 1.5.1 does not copy them): they must live as long
+    # as the program, or later calls read freed memory (seen as shape errors inside the delegate).
+    run.buffer = program
+    return run
+
+
+def _prepare_executorch(
+    runtime: str,
+    model: nn.Module,
+    input_size: InputSize,
+    calibration: torch.Tensor | None,
+    workdir: str | Path | None,
+    device: torch.device,
+    facts: dict[str, Any],
+) -> Runner:
+    """`model` as an ExecuTorch program on XNNPACK (int8 for executorch_int8), run on the CPU whatever the
+    network's device (ExecuTorch is a CPU/mobile runtime here). The .pte is kept in `workdir` when one is given."""
+    from importlib.metadata import version
+
+    int8 = runtime == "executorch_int8"
+    start = time.perf_counter()
+    program = lower_to_executorch(model, input_size, calibration if int8 else None)
+    facts[f"{runtime}/export_s"] = time.perf_counter() - start
+    if int8:
+        facts[f"{runtime}/calibration_images"] = int(calibration.shape[0])
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        (Path(workdir) / ("model.int8.pte" if int8 else "model.pte")).write_bytes(program)
+    facts[f"{runtime}/threads"] = _set_executorch_threads(torch.get_num_threads())
+    facts[f"{runtime}/model_bytes"] = len(program)
+    facts[f"{runtime}/max_batch"] = EXECUTORCH_MAX_BATCH
+    facts[f"{runtime}/undelegated_ops"] = _undelegated_ops(program)
+    facts[f"{runtime}/version"] = version("executorch")
+    return Runner(runtime, executorch_runner(program), device, facts)
 
 
 # --- measuring -----------------------------------------------------------------------------------------------------
