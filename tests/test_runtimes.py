@@ -153,6 +153,27 @@ def test_a_network_onnx_cannot_export_names_the_operator_and_layer():
         prepare("onnxruntime", model, 8)
 
 
+def test_a_network_executorch_cannot_lower_costs_only_that_runtime():
+    """torch.special.i0 is outside the Core ATen opset ExecuTorch lowers: the refusal names the operator and the
+    layer, and a profile that keeps going measures the other runtimes."""
+    from lnrepro.profiling import ProfileSettings, measured_metrics
+
+    class Bessel(nn.Module):
+        def forward(self, x):
+            return torch.special.i0(x)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.ReLU(), Bessel()), nn.Flatten())
+    with pytest.raises(UserInputError, match=r"cannot be lowered to ExecuTorch.*aten\.i0.*in layer 1\.1, type Bessel"):
+        prepare("executorch", model, 8)
+    settings = ProfileSettings.from_config(
+        {"runtimes": ["eager", "executorch"], "runs": 2, "throughput_runs": 1, "warmup": 0, "batch_size": 2}
+        | {"train": False, "memory": False}
+    )
+    metrics = measured_metrics(model, 8, settings, keep_going=True)
+    assert metrics["latency/eager_ms"] > 0 and "latency/executorch_ms" not in metrics
+    assert "in layer 1.1, type Bessel" in metrics["executorch/error"]
+
+
 # --- each runtime runs and agrees with eager -----------------------------------------------------------------------
 def test_eager_is_the_model_itself():
     model = tiny_net().train()

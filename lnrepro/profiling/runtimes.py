@@ -453,26 +453,32 @@ def lower_to_executorch(model: nn.Module, input_size: InputSize, calibration: to
         warnings.simplefilter("ignore")  # export and quantisation flows warn about their own deprecations
         try:
             program = torch.export.export(exported, (images,))
+            if calibration is not None:
+                program = torch.export.export(_quantized_pt2e(program, calibration), (images,))
         except Exception as error:  # the network's failure, told in one line with the layer where it can be found
-            match = re.search(r"aten\.(\w+)", str(error))
-            layer = _unsupported_layer(exported, images, f"aten::{match.group(1)}") if match else None
-            raise UserInputError(
-                f"{type(model).__name__} cannot be exported with torch.export for ExecuTorch: {_first_line(error)}"
-                + (f" (in {layer})" if layer else "")
-                + "; replace that operation, or leave the ExecuTorch runtimes out"
-            ) from error
-        if calibration is not None:
-            program = torch.export.export(_quantized_pt2e(program, calibration), (images,))
+            raise _executorch_refusal(model, exported, images, error, "exported with torch.export for") from error
         try:
             lowered = to_edge_transform_and_lower(
                 program, partitioner=[XnnpackPartitioner()], transform_passes=get_transform_passes()
             )
             return lowered.to_executorch().buffer
         except Exception as error:
-            raise UserInputError(
-                f"{type(model).__name__} cannot be lowered to ExecuTorch/XNNPACK: {_first_line(error)}; "
-                "leave the ExecuTorch runtimes out for this network"
-            ) from error
+            raise _executorch_refusal(model, exported, images, error, "lowered to") from error
+
+
+def _executorch_refusal(
+    model: nn.Module, exported: nn.Module, images: torch.Tensor, error: Exception, step: str
+) -> UserInputError:
+    """One line: which step failed, the first line of torch's or ExecuTorch's reason, and the layer that runs the
+    operator it names (an `aten.<op>` in the message), so that only this runtime is lost and the user knows what
+    to replace."""
+    match = re.search(r"aten\.(\w+)", str(error))
+    layer = _unsupported_layer(exported, images, f"aten::{match.group(1)}") if match else None
+    return UserInputError(
+        f"{type(model).__name__} cannot be {step} ExecuTorch/XNNPACK: {_first_line(error)}"
+        + (f" (in {layer})" if layer else "")
+        + "; replace that operation, or leave the ExecuTorch runtimes out for this network"
+    )
 
 
 def _quantized_pt2e(program: torch.export.ExportedProgram, calibration: torch.Tensor) -> nn.Module:
