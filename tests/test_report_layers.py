@@ -237,3 +237,18 @@ def test_the_cli_renders_the_sections_and_no_plots_skips_only_the_plots(run_with
     assert "## Where the time goes, per layer" in out and "### ghostnet, onnxruntime" in out
     assert not list((tmp_path / "out").glob("*.png"))
     assert (tmp_path / "out" / "report.md").read_text() == out
+
+
+def test_one_summary_row_per_run_and_runtime_with_the_share_of_each_kind(run_with_layers, tmp_path):
+    report = make_report([run_with_layers], out_dir=tmp_path / "out")
+    header = next(line for line in report.markdown.splitlines() if line.startswith("| network |"))
+    # kinds by their shares summed over both tables: conv 0.8 (eager), depthwise 0.619, elementwise 0.2 + 0.062,
+    # conv1x1 0.206, concat_split_shuffle 0.103, other 0.010
+    assert header.split(" | ")[4:7] == ["conv %", "depthwise %", "elementwise %"]
+    rows = {row[1]: row for row in table_rows(report.markdown, "network")}
+    assert set(rows) == {"eager", "onnxruntime"}
+    assert rows["onnxruntime"][2:5] == ["9.7", "10", "0.0"]  # sum, end-to-end, no dense conv
+    assert rows["onnxruntime"][5] == f"{100 * 6 / ONNX_TOTAL:.1f}"
+    assert rows["eager"][2:6] == ["25", "28", "80.0", "0.0"]
+    shares = [float(cell) for cell in rows["onnxruntime"][4:]]
+    assert sum(shares) == pytest.approx(100, abs=0.3)  # every kind is a column: the shares add up

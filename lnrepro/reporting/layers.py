@@ -257,8 +257,36 @@ def render_table(table: LayerTable) -> list[str]:
     return lines
 
 
+def render_kind_summary(tables: list[LayerTable]) -> list[str]:
+    """One row per run and runtime: the share of its layer time in each operator kind, so that networks and
+    runtimes compare at a glance (where depthwise convs, 1x1 convs and data movement take the time). Kinds are the
+    columns, the most expensive over all tables first."""
+    totals: dict[str, float] = {}
+    for table in tables:
+        for kind, ms, _count in table.by_kind():
+            totals[kind] = totals.get(kind, 0.0) + (ms / table.total_ms if table.total_ms else 0.0)
+    kinds = sorted(totals, key=lambda kind: (-totals[kind], kind))
+    rows = []
+    for table in tables:
+        end_to_end, _ = _positive(table.run.metrics, schema.latency_key(table.runtime))
+        shares = {kind: ms / table.total_ms for kind, ms, _count in table.by_kind()} if table.total_ms else {}
+        rows.append(
+            [_cell(table.run.label), table.runtime, _figure(table.total_ms), _figure(end_to_end)]
+            + [_percent(shares.get(kind, 0.0)) for kind in kinds]
+        )
+    columns = [("network", True), ("runtime", True), ("layers ms", False), ("end-to-end ms", False)]
+    columns += [(f"{_cell(kind)} %", False) for kind in kinds]
+    return [
+        "",
+        "Share of each run's layer time by operator kind (% of the layers' sum; end-to-end: the batch-1 median):",
+        "",
+        *markdown_table(columns, rows),
+    ]
+
+
 def render_layer_sections(tables: list[LayerTable]) -> list[str]:
-    """The report's per-layer part: one section per run and runtime, or nothing without layer tables."""
+    """The report's per-layer part: a summary of every run and runtime by operator kind, then one section per run
+    and runtime, or nothing without layer tables."""
     if not tables:
         return []
     lines = [
@@ -268,6 +296,7 @@ def render_layer_sections(tables: list[LayerTable]) -> list[str]:
         "Per-layer times as each runtime reports them (`layers/<runtime>.csv` of each run): time by operator kind "
         "(share of the layer-time sum) and the most expensive layers. FLOP/byte: arithmetic intensity (FLOPs = 2 x "
         "multiply-adds); GFLOP/s and GB/s: achieved; '-': a figure the runtime could not tie to the layer.",
+        *render_kind_summary(tables),
     ]
     for table in tables:
         lines += render_table(table)
