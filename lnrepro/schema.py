@@ -230,8 +230,14 @@ ROOFLINE_GBPS = _key(
 LAYERS_SUM = _key(
     "layers/<runtime>_sum_ms",
     "ms",
-    "sum of the per-layer median times in layers/<runtime>.csv, to set beside latency/<runtime>_ms (eager: the "
-    "operators alone, without the Python between them)",
+    "sum of the per-layer median times in layers/<runtime>.csv, to set beside layers/<runtime>_latency_ms (eager: "
+    "the operators alone, without the Python between them)",
+)
+LAYERS_LATENCY = _key(
+    "layers/<runtime>_latency_ms",
+    "ms",
+    "median batch-1 latency of the runtime without its profiler, timed call by call in turn with the profiled calls "
+    "that the per-layer times come from: what their sum is to add up to",
 )
 LAYERS_ERROR = _key("layers/<runtime>_error", "-", "why the runtime's per-layer times are missing")
 
