@@ -1,10 +1,13 @@
 """ShuffleNet V2's guideline benchmarks (lnrepro/experiments/shufflenetv2_guidelines.py): each table holds FLOPs
 equal across its rows (the paper's design), memory access cost ordered as the guideline predicts, timings are
-positive, and the `shufflenetv2_guidelines` preset runs through lnrepro-profile's task at a tiny size."""
+positive, every (row, runtime) is timed in interleaved rounds, each guideline's verdict follows its rule in each
+runtime, a runtime that cannot run a row costs only that row, and the `shufflenetv2_guidelines` preset runs through
+lnrepro-profile's task at a tiny size with its ONNX Runtime and ExecuTorch columns and verdicts."""
 
 from __future__ import annotations
 
 import csv
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -13,14 +16,18 @@ from lnrepro.experiments.shufflenetv2_guidelines import (
     GUIDELINES,
     PAPER_BASES,
     PAPER_FIGURES,
+    PREDICTIONS,
     elementwise_bytes,
     g1_channels,
     g2_channels,
     g3_channels,
     paper_figures,
+    paper_verdict_ratio,
     run_guideline,
     run_guidelines,
+    setting_names,
     settings,
+    verdict_ratio,
 )
 from lnrepro.profiling import count_macs
 from lnrepro.tasks.profile import profile
@@ -34,6 +41,7 @@ TINY_PRESET = [
     "profile.guideline.size=4",
     "profile.guideline.blocks=1",
 ]
+EAGER_ONLY = "profile.runtimes=[eager]"  # where a test is about the tables, not the runtimes: no exports
 PLATFORMS = sorted(PAPER_BASES)
 
 
@@ -97,7 +105,8 @@ def test_g4_variants_share_flops_and_mac_but_not_elementwise_traffic():
 
 def test_runner_returns_rows_with_positive_timings():
     rows = run_guideline("g2", base=8, size=4, blocks=1, runs=2, warmup=1)
-    assert [r.setting for r in rows] == ["g=1", "g=2", "g=4", "g=8"]
+    assert [r.setting for r in rows] == ["g=1", "g=2", "g=4", "g=8"] == setting_names("g2")
+    assert {r.runtime for r in rows} == {"eager"} and rows[0].error is None and rows[0].prepare_s >= 0
     assert all(r.images_per_s > 0 and r.ms_per_batch > 0 and r.flops > 0 and r.mac_bytes > 0 for r in rows)
     assert rows[0].relative_speed == 1.0 and rows[0].paper_arm is None  # not the paper's setting
     assert rows[0].as_dict()["batch_size"] == 1 and rows[0].as_dict()["device"] == "cpu"
@@ -108,7 +117,7 @@ def test_rows_are_timed_in_interleaved_rounds_and_take_the_median(monkeypatch):
 
     calls, speeds = [], iter([10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 12.0, 18.0, 33.0, 41.0])
 
-    def fake_throughput(net, batch_size, input_shape, runs, warmup):
+    def fake_throughput(net, batch_size, input_shape, runs, warmup, run=None):
         calls.append((input_shape[0], warmup))
         return SimpleNamespace(images_per_s=next(speeds))
 
@@ -171,22 +180,51 @@ def test_preset_runs_through_the_profile_task(tmp_path, capsys):
     cfg = compose_config(
         "profile",
         tmp_path / "run",
-        [*TINY_PRESET, "profile.runs=1", "profile.warmup=0"],
+        [*TINY_PRESET, "profile.runs=1", "profile.warmup=0", "profile.runtimes=[eager,onnxruntime]"],
     )
     assert list(cfg.profile.guidelines) == ["g1", "g2", "g3", "g4"]
     tables = profile(cfg)
-    assert [len(tables[g]) for g in GUIDELINES] == [4, 4, 5, 4]
+    assert [len(tables[g]) for g in GUIDELINES] == [8, 8, 10, 8]  # rows x two runtimes
     printed = capsys.readouterr().out
     assert "G1: equal channel width" in printed and "4-fragment-parallel" in printed
     markdown = (tmp_path / "run" / "guidelines.md").read_text()
-    assert markdown.count("### G") == 4 and "| 1:12 |" in markdown
+    assert markdown.count("### G") == 4 and "| 1:12 |" in markdown and "Does each guideline hold?" in markdown
     with open(tmp_path / "run" / "guidelines.csv") as file:
         rows = list(csv.DictReader(file))
-    assert len(rows) == 17 and all(float(row["images_per_s"]) > 0 for row in rows)
+    assert len(rows) == 34 and all(float(row["images_per_s"]) > 0 for row in rows)
+    assert [row["runtime"] for row in rows[:4]] == ["eager", "onnxruntime"] * 2  # each setting's runtimes together
+    assert {row["holds"] for row in rows} <= {"True", "False"}
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def fake_throughput(net, batch_size, input_shape, runs, warmup):
+def test_preset_times_the_rows_in_onnxruntime_and_executorch_with_a_verdict_each(tmp_path, capsys):
+    """The preset's own runtimes (eager, ONNX Runtime, ExecuTorch on XNNPACK): one speed column and one verdict per
+    runtime in the printed and written tables, one CSV line per row and runtime."""
+    cfg = compose_config(
+        "profile",
+        tmp_path / "run",
+        [*TINY_PRESET, "profile.guidelines=[g2]", "profile.runs=1", "profile.warmup=0", "profile.guideline.rounds=1"],
+    )
+    assert list(cfg.profile.runtimes) == ["eager", "onnxruntime", "executorch"]
+    profile(cfg)
+    assert "Does each guideline hold?" in capsys.readouterr().out
+    lines = (tmp_path / "run" / "guidelines.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| setting |"))
+    assert all(f"| {runtime} img/s (rel.) |" in header for runtime in ("eager", "onnxruntime", "executorch"))
+    assert "| guideline | slower / fastest | eager | onnxruntime | executorch |" in lines
+    g2_verdicts = next(line for line in lines if line.startswith("| G2 | g=8 / g=1 |"))
+    assert len(re.findall(r"\| (holds|does not hold) \(\d+\.\d\d\)", g2_verdicts)) == 3
+    with open(tmp_path / "run" / "guidelines.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["runtime"] for row in rows] == ["eager", "onnxruntime", "executorch"] * 4
+    assert all(float(row["images_per_s"]) > 0 and not row["error"] for row in rows)
+    assert all(float(row["max_abs_diff"]) < 1e-4 for row in rows if row["runtime"] != "eager")
+    for runtime in ("onnxruntime", "executorch"):
+        measured = {row["holds"] for row in rows if row["runtime"] == runtime}
+        assert len(measured) == 1 and measured <= {"True", "False"}  # one verdict per runtime, on each of its rows
+
+
+def fake_throughput(net, batch_size, input_shape, runs, warmup, run=None):
     return SimpleNamespace(images_per_s=100.0)
 
 
@@ -205,9 +243,9 @@ def test_run_guidelines_reports_every_timing_of_every_table(monkeypatch):
     monkeypatch.setattr(guidelines, "inference_throughput", fake_throughput)
     calls = []
     tables = run_guidelines(["g2", "g3"], progress=lambda *call: calls.append(call), base=8, size=4, blocks=1, rounds=2)
-    total = 2 * (4 + 5)  # rounds x rows of G2 and G3
+    total = (1 + 2) * (4 + 5)  # one preparation and two rounds of each row of G2 and G3 (one runtime: eager)
     assert calls[0] == ("g2", 0, total) and calls[-1] == ("g3", total, total)
-    assert [done for _, done, _ in calls] == [*range(0, 9), *range(8, total + 1)]  # G3 starts at G2's 8 timings
+    assert [done for _, done, _ in calls] == [*range(0, 13), *range(12, total + 1)]  # G3 starts at G2's 12 steps
     assert {t for _, _, t in calls} == {total}
     assert [len(tables[g]) for g in ("g2", "g3")] == [4, 5]
 
@@ -231,14 +269,123 @@ def test_profile_task_shows_a_progress_bar_on_a_terminal_and_logs_tables_elsewhe
     cfg = compose_config(
         "profile",
         tmp_path / "run",
-        [*TINY_PRESET, "profile.guideline.rounds=2"],
+        [*TINY_PRESET, "profile.guideline.rounds=2", EAGER_ONLY],
     )
     with caplog.at_level(logging.INFO, logger="lnrepro"):
         profile(cfg)
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("benchmarking")]
     if terminal:
-        assert "benchmarking G4" in screen.getvalue() and "34/34" in screen.getvalue()  # 17 rows x 2 rounds
+        assert "benchmarking G4" in screen.getvalue() and "51/51" in screen.getvalue()  # 17 rows x (1 + 2 rounds)
         assert logged == []
     else:
         assert screen.getvalue() == ""
         assert logged == [f"benchmarking {guidelines.TITLES[g]}" for g in GUIDELINES]
+
+
+# --- the verdicts --------------------------------------------------------------------------------------------------
+def test_a_verdict_pairs_the_rows_within_each_round():
+    """Round 2 timed g=1 while another job ran (4 img/s): g=1's median drops to 10, against which g=8's median 9.8
+    reads as 0.98; within the two undisturbed rounds g=8 runs at 0.9 of g=1, and the median of the rounds' own
+    ratios says so (0.9, 2.45, 0.9)."""
+    speeds = {"g=1": [10.0, 4.0, 11.0], "g=8": [9.0, 9.8, 9.9]}
+    assert verdict_ratio("g2", speeds) == pytest.approx(0.9)
+    assert verdict_ratio("g2", {"g=1": [10.0], "g=8": [9.6]}) == pytest.approx(0.96)  # holds needs <= 0.95
+    assert verdict_ratio("g2", {"g=1": [10.0], "g=8": []}) is None  # a compared row not measured: no verdict
+
+
+def test_g3s_verdict_needs_both_four_fragment_structures_slower():
+    speeds = {"1-fragment": [10.0], "4-fragment-series": [9.9], "4-fragment-parallel": [6.0]}
+    assert verdict_ratio("g3", speeds) == pytest.approx(0.99)  # the weaker of the two effects decides
+    assert PREDICTIONS["g4"] == ("ReLU no, shortcut no", ("ReLU yes, shortcut yes",))
+
+
+def test_the_rule_read_on_the_papers_own_figures():
+    """The paper says fragmentation hardly slows the ARM CPU (G3's ARM column: 38.4 of 40.2 in series) and that every
+    other guideline holds on both platforms: the rule agrees."""
+    arm, gpu = PAPER_BASES["arm"], PAPER_BASES["gpu"]
+    ratios = {g: paper_verdict_ratio(g, PAPER_FIGURES[g]["arm"][arm[g]]) for g in GUIDELINES}
+    assert ratios == pytest.approx({"g1": 57.6 / 76.2, "g2": 27.8 / 40.0, "g3": 38.4 / 40.2, "g4": 56.7 / 66.3})
+    assert [ratio <= 0.95 for ratio in ratios.values()] == [True, True, False, True]
+    assert all(paper_verdict_ratio(g, PAPER_FIGURES[g]["gpu"][gpu[g]]) <= 0.95 for g in GUIDELINES)
+    assert paper_verdict_ratio("g1", None) is None
+
+
+def test_every_row_and_runtime_is_timed_in_turn_with_its_own_runner(monkeypatch):
+    import lnrepro.experiments.shufflenetv2_guidelines as guidelines
+
+    calls, steps = [], []
+    speeds = {"eager": iter([10.0, 8.0, 6.0, 4.0] * 2), "onnxruntime": iter([20.0] * 8)}
+
+    def fake_throughput(net, batch_size, input_shape, runs, warmup, run=None):
+        calls.append((input_shape[0], run.runtime, warmup))
+        return SimpleNamespace(images_per_s=next(speeds[run.runtime]))
+
+    monkeypatch.setattr(guidelines, "inference_throughput", fake_throughput)
+    rows = run_guideline(
+        "g2",
+        base=8,
+        size=4,
+        blocks=1,
+        runs=1,
+        warmup=2,
+        rounds=2,
+        runtimes=["eager", "onnxruntime"],
+        step=lambda: steps.append(1),
+    )
+    channels = [int(s.channels[2:]) for s in settings("g2", 8, 4, blocks=1)]
+    visits = [(c, runtime) for c in channels for runtime in ("eager", "onnxruntime")]
+    assert [(c, runtime) for c, runtime, _ in calls] == visits * 2  # every (row, runtime) in turn, twice
+    assert [w for *_, w in calls] == [2] * 8 + [1] * 8
+    assert len(steps) == 8 * 3  # each (row, runtime): one preparation, two timings
+    assert [(r.setting, r.runtime) for r in rows[:3]] == [("g=1", "eager"), ("g=1", "onnxruntime"), ("g=2", "eager")]
+    eager = [r for r in rows if r.runtime == "eager"]
+    onnx = [r for r in rows if r.runtime == "onnxruntime"]
+    assert [r.relative_speed for r in eager] == pytest.approx([1.0, 0.8, 0.6, 0.4])
+    assert [r.verdict_ratio for r in eager] == pytest.approx([0.4] * 4) and all(r.holds for r in eager)
+    assert [r.verdict_ratio for r in onnx] == [1.0] * 4 and not any(r.holds for r in onnx)
+    assert all(r.prepare_s > 0 and r.max_abs_diff is not None for r in onnx)
+
+
+def test_a_runtime_that_cannot_run_a_row_costs_that_row_only(monkeypatch):
+    import lnrepro.experiments.shufflenetv2_guidelines as guidelines
+    from lnrepro.errors import UserInputError
+    from lnrepro.experiments.shufflenetv2_guidelines import failures, guidelines_markdown
+
+    real_prepare = guidelines.prepare
+
+    def prepare(runtime, model, input_size, calibration=None):
+        if runtime == "onnxruntime" and input_size[0] in (32, 48):  # g=4 and g=8 at base 16
+            raise UserInputError("Sequential cannot be exported to ONNX: an operator it lacks\nsecond line")
+        return real_prepare(runtime, model, input_size, calibration=calibration)
+
+    monkeypatch.setattr(guidelines, "prepare", prepare)
+    monkeypatch.setattr(guidelines, "inference_throughput", fake_throughput)
+    rows = run_guideline("g2", base=16, size=4, blocks=1, runs=1, warmup=0, rounds=1, runtimes=["eager", "onnxruntime"])
+    assert [(r.setting, r.runtime) for r in rows if r.error] == [("g=4", "onnxruntime"), ("g=8", "onnxruntime")]
+    assert all(r.images_per_s is None and r.relative_speed is None for r in rows if r.error)
+    assert all(r.images_per_s == 100.0 for r in rows if not r.error)  # the rest is measured
+    assert rows[-1].error == "UserInputError: Sequential cannot be exported to ONNX: an operator it lacks"
+    assert {r.holds for r in rows if r.runtime == "onnxruntime"} == {None}  # g=8 unmeasured: no verdict
+    assert {r.holds for r in rows if r.runtime == "eager"} == {False}  # 100 / 100: not slower
+    markdown = guidelines_markdown({"g2": [r.as_dict() for r in rows]})
+    assert "| g=8 | c=48 |" in markdown and "| failed |" in markdown
+    assert "- G2 g=8: onnxruntime could not run it: UserInputError: Sequential cannot be exported" in markdown
+    assert "onnxruntime not measured" in markdown and len(failures([r.as_dict() for r in rows])) == 2
+
+
+def test_a_runtime_without_its_package_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from lnrepro.profiling import runtimes
+    from lnrepro.tasks.common import run_task
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(runtimes.importlib.util, "find_spec", lambda name: None if name == "executorch" else real(name))
+    cfg = compose_config("profile", tmp_path / "run", TINY_PRESET)
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(profile, cfg)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "pip install 'lnrepro[mobile]'" in error
+    assert error.endswith("or time the guidelines without it: profile.runtimes=[eager,onnxruntime]")
+    assert not (tmp_path / "run" / "guidelines.csv").exists()

@@ -19,6 +19,11 @@ at batch 8 (GTX 1080Ti), ARM/CPU figures images/s at batch 1 (Snapdragon 810, on
 channel setting; at the paper's bases (x1, x2 and x4, e.g. `scale` 1, 2, 4) the rows carry the paper's figures for
 reference.
 
+Every row is timed in each runtime asked for (`lnrepro.profiling.runtimes`: eager PyTorch, and the kernels a deployed
+network runs on, ONNX Runtime and XNNPACK through ExecuTorch), because a guideline about memory access and operator
+count is a claim about kernels: whether it holds can change with the runtime. Each table says, per runtime and for the
+paper's own figures, whether its guideline holds (`PREDICTIONS`, `HOLDS_AT_MOST`).
+
 FLOPs = 2 x multiply-adds, as everywhere in this project; MAC (memory access cost) is in bytes (fp32: 4 per element).
 """
 
@@ -28,6 +33,7 @@ import csv
 import io
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +46,7 @@ from lnrepro.errors import UserInputError
 from lnrepro.profiling.context import measurement_context, percentile, random_input
 from lnrepro.profiling.counts import count_macs, evaluation_mode
 from lnrepro.profiling.measure import ProfileSettings
+from lnrepro.profiling.runtimes import INT8_RUNTIMES, check_runtime, prepare
 from lnrepro.profiling.timing import inference_throughput
 from lnrepro.utils.files import atomic_write_text
 from lnrepro.utils.tables import markdown_table, print_table
@@ -270,12 +277,22 @@ def settings(guideline: str, base: int, size: int = PAPER_INPUT, blocks: int = P
     raise unknown_guideline(guideline)
 
 
+def setting_names(guideline: str) -> list[str]:
+    """The rows' names of a guideline's table, in order, without building its networks (as `settings` names them)."""
+    if guideline == "g1":
+        return [f"1:{ratio}" for ratio in G1_RATIOS]
+    if guideline == "g2":
+        return [f"g={groups}" for groups in G2_GROUPS]
+    if guideline == "g3":
+        return [name for name, *_ in G3_SETTINGS]
+    if guideline == "g4":
+        return [name for name, *_ in G4_SETTINGS]
+    raise unknown_guideline(guideline)
+
+
 def table_rows(guideline: str) -> int:
     """How many rows `settings` gives the guideline's table, without building its networks."""
-    rows = {"g1": G1_RATIOS, "g2": G2_GROUPS, "g3": G3_SETTINGS, "g4": G4_SETTINGS}
-    if guideline not in rows:
-        raise unknown_guideline(guideline)
-    return len(rows[guideline])
+    return len(setting_names(guideline))
 
 
 def paper_figures(guideline: str, base: int, size: int, blocks: int) -> dict[str, tuple | None]:
@@ -287,22 +304,76 @@ def paper_figures(guideline: str, base: int, size: int, blocks: int) -> dict[str
     }
 
 
+# --- whether a guideline holds -------------------------------------------------------------------------------------
+#: What each guideline predicts, as the rows its verdict compares: (the row the paper says is fastest, the rows it
+#: says are slower). The extremes of each table: G1's 1:2 moves MAC by 3% only (the paper's own ARM figure for it is
+#: 0.96 of 1:1); G3 names both four-fragment structures, since fragmentation is predicted to slow a block in series
+#: as well as in parallel; G4's fastest row is its last (neither ReLU nor shortcut).
+PREDICTIONS = {
+    "g1": ("1:1", ("1:12",)),
+    "g2": ("g=1", ("g=8",)),
+    "g3": ("1-fragment", ("4-fragment-series", "4-fragment-parallel")),
+    "g4": ("ReLU no, shortcut no", ("ReLU yes, shortcut yes",)),
+}
+#: A guideline holds in a runtime when each predicted-slower row runs at most this fraction of the predicted-fastest
+#: row's speed: an effect under 5% is within what two rows of one table move apart from one run to the next on a
+#: shared CPU. (By this rule the paper's own ARM figures do not make G3 hold, 0.96, as the paper says of ARM.)
+HOLDS_AT_MOST = 0.95
+
+
+def verdict_ratio(guideline: str, speeds: Mapping[str, Sequence[float]]) -> float | None:
+    """The speed of the guideline's predicted-slower row over its predicted-fastest row (`PREDICTIONS`; the largest
+    such ratio where it names several), from {setting: speeds in round order}: the median of the rounds' ratios,
+    each taken within one round, so that a change of the machine's load between rounds cancels out. None when a
+    compared row was not measured. One figure per row (the paper's) gives their plain ratio."""
+    fastest, slower = PREDICTIONS[guideline]
+    if any(not speeds.get(name) for name in (fastest, *slower)):
+        return None
+    return max(percentile([s / f for s, f in zip(speeds[name], speeds[fastest])], 50) for name in slower)
+
+
+def holds(ratio: float | None) -> bool | None:
+    """Whether a guideline holds at this `verdict_ratio` (None: not measured)."""
+    return None if ratio is None else ratio <= HOLDS_AT_MOST
+
+
+def verdict_text(ratio: float | None) -> str:
+    if ratio is None:
+        return "not measured"
+    return f"{'holds' if holds(ratio) else 'does not hold'} ({ratio:.2f})"
+
+
+def paper_verdict_ratio(guideline: str, figures: Sequence[float] | None) -> float | None:
+    """`verdict_ratio` of the paper's figures for one table (in row order); None where the paper has none."""
+    if figures is None:
+        return None
+    return verdict_ratio(guideline, {name: [figure] for name, figure in zip(setting_names(guideline), figures)})
+
+
 @dataclass
 class GuidelineRow:
+    """One row of a guideline's table in one runtime."""
+
     guideline: str
     setting: str
     channels: str
+    runtime: str  # what ran the row: one of lnrepro.schema.RUNTIMES
     flops: int  # of one image, FLOPs = 2 x multiply-adds
     mac_bytes: int  # memory access cost of the convolutions, one image
     elementwise_bytes: int  # memory traffic of ReLU and additions, one image (left out of MAC)
-    images_per_s: float  # median over the rounds
-    spread: float  # interquartile range of the rounds' images/s over their median
-    ms_per_batch: float
-    relative_speed: float  # images/s over the table's first row's
+    images_per_s: float | None  # median over the rounds; None: the runtime could not prepare this row (`error`)
+    spread: float | None  # interquartile range of the rounds' images/s over their median
+    ms_per_batch: float | None
+    relative_speed: float | None  # images/s over the table's first row's, in the same runtime
     paper_gpu: float | None  # batches/s, batch 8, GTX 1080Ti
     paper_arm: float | None  # images/s, batch 1, ARM
     paper_gpu_first: float | None  # the paper's figure for the table's first row (for relative speed)
     paper_arm_first: float | None
+    verdict_ratio: float | None  # the table's `verdict_ratio` in this runtime (the same on each of its rows)
+    holds: bool | None  # whether the guideline holds in this runtime (`holds`; None: not measured)
+    prepare_s: float | None  # seconds to prepare the row in the runtime (export, lowering, first call), untimed
+    max_abs_diff: float | None  # largest |output - eager output| on one input (runtimes.prepare); None for eager
+    error: str | None  # why the runtime could not prepare this row, in one line
     context: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -312,6 +383,15 @@ class GuidelineRow:
 
 
 ROUNDS = 5  # timing rounds per table by default
+#: The runtime `run_guideline` times when given none: eager PyTorch, as the paper timed its benchmarks in its
+#: framework.
+DEFAULT_RUNTIMES = ("eager",)
+CALIBRATION_IMAGES = 64  # random inputs that calibrate the int8 runtimes' activation ranges (their speed only)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 def run_guideline(
@@ -326,16 +406,24 @@ def run_guideline(
     warmup: int = 2,
     rounds: int = ROUNDS,
     platform: str | None = None,
-    timed: Callable[[], None] | None = None,
+    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+    calibration_images: int = CALIBRATION_IMAGES,
+    step: Callable[[], None] | None = None,
 ) -> list[GuidelineRow]:
-    """Build, count and time every row of one guideline's table. `base` defaults to the paper's setting for
+    """Build, count and time every row of one guideline's table in each of `runtimes` (`lnrepro.schema.RUNTIMES`);
+    rows in table order, each row's runtimes in the order given. `base` defaults to the paper's setting for
     `platform` ("gpu" or "arm"; by default "gpu" on CUDA, "arm" otherwise) times `scale`; `batch_size` to the
-    paper's (8 for "gpu", 1 for "arm"). Speed is `inference_throughput` (eval mode, no_grad) of `runs` batches,
-    measured in `rounds` rounds that visit every row in turn (the first round after `warmup` batches per row);
-    a row's images/s is its median over the rounds and `spread` their interquartile range over the median.
-    Interleaving matters because the rows are compared with each other: a change of the machine's load during
-    the table then hits every row alike instead of whichever row was being timed. `timed` is called after each
-    row's timing in each round (rows x rounds calls), between measurements."""
+    paper's (8 for "gpu", 1 for "arm").
+
+    Each row is first prepared once in each runtime (`lnrepro.profiling.runtimes.prepare`, then one untimed call at
+    the batch size; int8 runtimes calibrate on `calibration_images` random inputs), untimed; a runtime that cannot
+    prepare a row leaves that row's `error` and no speed, and the rest is measured. Speed is
+    `inference_throughput` of the prepared runner (eval mode, no_grad) over `runs` batches, measured in `rounds`
+    rounds that visit every (row, runtime) in turn (the first round after `warmup` batches each); a row's images/s
+    is its median over the rounds and `spread` their interquartile range over the median. Interleaving matters
+    because the rows are compared with each other: a change of the machine's load during the table then hits every
+    row alike instead of whichever row was being timed. `step` is called after each preparation and each timing
+    (rows x runtimes x (1 + rounds) calls), between measurements."""
     platform = platform or ("gpu" if torch.device(device).type == "cuda" else "arm")
     if platform not in PAPER_BASES:
         raise UserInputError(f"profile.guideline.platform must be 'gpu', 'arm' or null, got {platform!r}")
@@ -343,51 +431,95 @@ def run_guideline(
         raise UserInputError(
             f"profile.guideline.rounds and profile.runs must be at least 1, got rounds={rounds}, runs={runs}"
         )
+    runtimes = list(runtimes)
+    if not runtimes:
+        raise UserInputError("profile.runtimes is empty: name at least one runtime to time the guideline tables in")
+    for runtime in runtimes:
+        check_runtime(runtime, device)
     base = int(base or max(1, round(PAPER_BASES[platform][guideline] * scale)))
     batch_size = int(batch_size or PAPER_BATCH[platform])
     paper = paper_figures(guideline, base, size, blocks)
     table = settings(guideline, base, size, blocks)
-    for setting in table:
+    runners, prepare_s, errors = {}, {}, {}
+    for row, setting in enumerate(table):
         setting.network.to(device).eval()
-    speeds: list[list[float]] = [[] for _ in table]
+        for runtime in runtimes:
+            start = time.perf_counter()
+            try:
+                calibration = (
+                    random_input(setting.network, calibration_images, setting.input_shape).cpu()
+                    if runtime in INT8_RUNTIMES
+                    else None
+                )
+                runner = prepare(runtime, setting.network, setting.input_shape, calibration=calibration)
+                runner(random_input(setting.network, batch_size, setting.input_shape))  # compiles, or fails, here
+            except Exception as error:  # one runtime's failure on one row must not cost the table
+                errors[row, runtime] = _one_line(error)
+            else:
+                runners[row, runtime], prepare_s[row, runtime] = runner, time.perf_counter() - start
+            if step:
+                step()
+    speeds: dict[tuple[int, str], list[float]] = {key: [] for key in runners}
     for round_index in range(rounds):
-        for setting, row_speeds in zip(table, speeds):
-            row_speeds.append(
-                inference_throughput(
-                    setting.network,
-                    batch_size,
-                    setting.input_shape,
-                    runs=runs,
-                    warmup=warmup if round_index == 0 else 1,
-                ).images_per_s
-            )
-            if timed:
-                timed()
+        for row, setting in enumerate(table):
+            for runtime in runtimes:
+                if (row, runtime) in runners:
+                    speeds[row, runtime].append(
+                        inference_throughput(
+                            setting.network,
+                            batch_size,
+                            setting.input_shape,
+                            runs=runs,
+                            warmup=warmup if round_index == 0 else 1,
+                            run=runners[row, runtime],
+                        ).images_per_s
+                    )
+                if step:
+                    step()
+    ratios = {
+        runtime: verdict_ratio(guideline, {s.name: speeds.get((row, runtime), []) for row, s in enumerate(table)})
+        for runtime in runtimes
+    }
     rows: list[GuidelineRow] = []
-    first = percentile(speeds[0], 50)
-    for index, (setting, row_speeds) in enumerate(zip(table, speeds)):
-        net, speed = setting.network, percentile(row_speeds, 50)
+    for row, setting in enumerate(table):
+        net = setting.network
         macs = count_macs(net, setting.input_shape)  # fp32: 4 bytes per element in mac_bytes
-        rows.append(
-            GuidelineRow(
-                guideline=guideline,
-                setting=setting.name,
-                channels=setting.channels,
-                flops=macs.flops,
-                mac_bytes=macs.mac_bytes,
-                elementwise_bytes=elementwise_bytes(net, setting.input_shape),
-                images_per_s=speed,
-                spread=(percentile(row_speeds, 75) - percentile(row_speeds, 25)) / speed,
-                ms_per_batch=1000 * batch_size / speed,
-                relative_speed=speed / first,
-                paper_gpu=paper["gpu"][index] if paper["gpu"] else None,
-                paper_arm=paper["arm"][index] if paper["arm"] else None,
-                paper_gpu_first=paper["gpu"][0] if paper["gpu"] else None,
-                paper_arm_first=paper["arm"][0] if paper["arm"] else None,
-                context=measurement_context(net, batch_size, setting.input_shape)
-                | {"blocks": blocks, "runs": runs, "rounds": rounds},
+        traffic = elementwise_bytes(net, setting.input_shape)
+        context = measurement_context(net, batch_size, setting.input_shape) | {
+            "blocks": blocks,
+            "runs": runs,
+            "rounds": rounds,
+        }
+        for runtime in runtimes:
+            measured = speeds.get((row, runtime))
+            speed = percentile(measured, 50) if measured else None
+            first = speeds.get((0, runtime))
+            runner = runners.get((row, runtime))
+            rows.append(
+                GuidelineRow(
+                    guideline=guideline,
+                    setting=setting.name,
+                    channels=setting.channels,
+                    runtime=runtime,
+                    flops=macs.flops,
+                    mac_bytes=macs.mac_bytes,
+                    elementwise_bytes=traffic,
+                    images_per_s=speed,
+                    spread=(percentile(measured, 75) - percentile(measured, 25)) / speed if speed else None,
+                    ms_per_batch=1000 * batch_size / speed if speed else None,
+                    relative_speed=speed / percentile(first, 50) if speed and first else None,
+                    paper_gpu=paper["gpu"][row] if paper["gpu"] else None,
+                    paper_arm=paper["arm"][row] if paper["arm"] else None,
+                    paper_gpu_first=paper["gpu"][0] if paper["gpu"] else None,
+                    paper_arm_first=paper["arm"][0] if paper["arm"] else None,
+                    verdict_ratio=ratios[runtime],
+                    holds=holds(ratios[runtime]),
+                    prepare_s=prepare_s.get((row, runtime)),
+                    max_abs_diff=runner.facts.get(f"{runtime}/max_abs_diff") if runner else None,
+                    error=errors.get((row, runtime)),
+                    context=dict(context),
+                )
             )
-        )
     return rows
 
 
@@ -396,23 +528,25 @@ def run_guidelines(
 ) -> dict[str, list[GuidelineRow]]:
     """`run_guideline` for each of `guidelines`; keyword arguments go to each (pass `scale` rather than `base`:
     each table has its own paper setting). Every name is checked before the first table is measured.
-    `progress(guideline, done, total)` is called as each table starts and after each of its timings: `done` of
-    the `total` timings of all tables (rows x rounds each), e.g. for a progress bar."""
+    `progress(guideline, done, total)` is called as each table starts and after each of its steps: `done` of the
+    `total` steps of all tables (each row's preparation in each runtime, then its timings: rows x runtimes x
+    (1 + rounds) each), e.g. for a progress bar."""
     unknown = [g for g in guidelines if g not in GUIDELINES]
     if unknown:
         raise unknown_guideline(unknown[0])
-    total = kwargs.get("rounds", ROUNDS) * sum(table_rows(g) for g in guidelines)
+    per_row = len(kwargs.get("runtimes", DEFAULT_RUNTIMES)) * (1 + kwargs.get("rounds", ROUNDS))
+    total = per_row * sum(table_rows(g) for g in guidelines)
     tables, done = {}, 0
     for guideline in guidelines:
         if progress:
             progress(guideline, done, total)
 
-        def timed(guideline: str = guideline) -> None:
+        def step(guideline: str = guideline) -> None:
             nonlocal done
             done += 1
             progress(guideline, done, total)
 
-        tables[guideline] = run_guideline(guideline, timed=timed if progress else None, **kwargs)
+        tables[guideline] = run_guideline(guideline, step=step if progress else None, **kwargs)
     return tables
 
 
@@ -422,46 +556,160 @@ def paper_cell(value: float | None, first: float | None) -> str | None:
     return None if value is None else f"{value:g} ({value / first:.2f})"
 
 
-# (column title, left-aligned, cell text of a row dict or None for "-") of the guideline tables; guidelines.csv
-# also has ms_per_batch and the measurement context.
-GUIDELINE_COLUMNS = [
-    ("setting", True, lambda r: r["setting"]),
-    ("channels", True, lambda r: r["channels"]),
-    ("FLOPs (M)", False, lambda r: f"{r['flops'] / 1e6:.1f}"),
-    ("MAC (MB)", False, lambda r: f"{r['mac_bytes'] / 2**20:.2f}"),
-    ("elem-wise (MB)", False, lambda r: f"{r['elementwise_bytes'] / 2**20:.2f}"),
-    ("img/s", False, lambda r: f"{r['images_per_s']:.1f}"),
-    ("spread", False, lambda r: f"{r['spread']:.0%}"),
-    ("relative", False, lambda r: f"{r['relative_speed']:.2f}"),
-    ("paper GPU batch/s (rel.)", False, lambda r: paper_cell(r["paper_gpu"], r["paper_gpu_first"])),
-    ("paper ARM img/s (rel.)", False, lambda r: paper_cell(r["paper_arm"], r["paper_arm_first"])),
-]
+def speed_cell(row: dict[str, Any]) -> str:
+    """One runtime's images/s of a row, with its speed relative to the table's first row."""
+    if row["images_per_s"] is None:
+        return "failed" if row["error"] else "-"
+    relative = "-" if row["relative_speed"] is None else f"{row['relative_speed']:.2f}"
+    return f"{row['images_per_s']:.1f} ({relative})"
 
 
-GUIDELINE_TABLE_COLUMNS = [(title, left) for title, left, _ in GUIDELINE_COLUMNS]
+def by_setting(rows: Sequence[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """A table's rows as [{runtime: row}] in table order: one entry per setting."""
+    grouped: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["setting"], {})[row["runtime"]] = row
+    return list(grouped.values())
 
 
-def guideline_cells(row: dict[str, Any]) -> list[str]:
-    return [cell if (cell := text(row)) is not None else "-" for _, _, text in GUIDELINE_COLUMNS]
+def table_runtimes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(row["runtime"] for row in rows))
+
+
+def guideline_columns(
+    runtimes: Sequence[str], header_break: str = " "
+) -> list[tuple[str, bool, Callable[[dict[str, dict]], str | None]]]:
+    """(column title, left-aligned, cell text of a setting's {runtime: row} or None for "-") of a guideline table:
+    the counts, one speed column per runtime, the paper's figures; guidelines.csv has every figure of every row.
+    `header_break` splits the long titles (a newline keeps a terminal table with three runtimes within 160
+    columns)."""
+
+    def first(rows: dict[str, dict]) -> dict[str, Any]:
+        return next(iter(rows.values()))
+
+    def speed(runtime: str) -> Callable[[dict[str, dict]], str]:
+        return lambda rows: speed_cell(rows[runtime])
+
+    return [
+        ("setting", True, lambda r: first(r)["setting"]),
+        ("channels", True, lambda r: first(r)["channels"]),
+        ("FLOPs (M)", False, lambda r: f"{first(r)['flops'] / 1e6:.1f}"),
+        ("MAC (MB)", False, lambda r: f"{first(r)['mac_bytes'] / 2**20:.2f}"),
+        (f"elem-wise{header_break}(MB)", False, lambda r: f"{first(r)['elementwise_bytes'] / 2**20:.2f}"),
+        *[(f"{runtime}{header_break}img/s (rel.)", False, speed(runtime)) for runtime in runtimes],
+        (
+            f"paper GPU{header_break}batch/s (rel.)",
+            False,
+            lambda r: paper_cell(first(r)["paper_gpu"], first(r)["paper_gpu_first"]),
+        ),
+        (
+            f"paper ARM{header_break}img/s (rel.)",
+            False,
+            lambda r: paper_cell(first(r)["paper_arm"], first(r)["paper_arm_first"]),
+        ),
+    ]
+
+
+def guideline_table(
+    rows: Sequence[dict[str, Any]], header_break: str = " "
+) -> tuple[list[tuple[str, bool]], list[list[str]]]:
+    """The columns and cells of one guideline's table, from its rows (`GuidelineRow.as_dict`)."""
+    columns = guideline_columns(table_runtimes(rows), header_break)
+    cells = [
+        [cell if (cell := text(setting)) is not None else "-" for _, _, text in columns] for setting in by_setting(rows)
+    ]
+    return [(title, left) for title, left, _ in columns], cells
+
+
+def verdicts(guideline: str, rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """{"paper GPU" and "paper ARM" where this table has the paper's figures, then each runtime: `verdict_ratio`}
+    of one table, from its rows."""
+    first_runtime = [next(iter(setting.values())) for setting in by_setting(rows)]
+    found: dict[str, float | None] = {}
+    for platform in ("gpu", "arm"):
+        figures = [row[f"paper_{platform}"] for row in first_runtime]
+        if None not in figures:
+            found[f"paper {platform.upper()}"] = paper_verdict_ratio(guideline, figures)
+    for runtime in table_runtimes(rows):
+        found[runtime] = next(row for row in rows if row["runtime"] == runtime)["verdict_ratio"]
+    return found
+
+
+def verdict_line(guideline: str, rows: Sequence[dict[str, Any]]) -> str:
+    fastest, slower = PREDICTIONS[guideline]
+    found = ", ".join(f"{name} {verdict_text(ratio)}" for name, ratio in verdicts(guideline, rows).items())
+    rule = f"{' and '.join(slower)} at most {HOLDS_AT_MOST} of {fastest}'s speed"
+    return f"{guideline.upper()} holds where {rule}: {found}"
+
+
+def verdict_table(tables: Mapping[str, Sequence[dict[str, Any]]]) -> tuple[list[tuple[str, bool]], list[list[str]]]:
+    """One row per guideline: what its verdict compares, then whether it holds in the paper's figures (where this
+    run is at the paper's setting) and in each runtime, with the ratio it rests on."""
+    found = {guideline: verdicts(guideline, rows) for guideline, rows in tables.items()}
+    present = {name for by_name in found.values() for name in by_name}
+    runtimes = dict.fromkeys(runtime for rows in tables.values() for runtime in table_runtimes(rows))
+    names = [name for name in ("paper GPU", "paper ARM", *runtimes) if name in present]
+    columns = [("guideline", True), ("slower / fastest", True), *[(name, True) for name in names]]
+    cells = []
+    for guideline, by_name in found.items():
+        fastest, slower = PREDICTIONS[guideline]
+        cells.append(
+            [
+                guideline.upper(),
+                f"{' and '.join(slower)} / {fastest}",
+                *[verdict_text(by_name[name]) if name in by_name else "-" for name in names],
+            ]
+        )
+    return columns, cells
+
+
+VERDICT_TITLE = "Does each guideline hold? (speed of the predicted-slower row / the predicted-fastest)"
+
+
+def verdict_caption() -> str:
+    return (
+        f"holds: each predicted-slower row runs at most {HOLDS_AT_MOST} of the predicted-fastest row's speed "
+        "(runtimes: median over the rounds of the ratio within each round; paper: its figures, where this run is at "
+        "the paper's setting)"
+    )
 
 
 def guideline_caption(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
+    spreads = ", ".join(
+        f"{runtime} {max(spread):.0%}"
+        for runtime in table_runtimes(rows)
+        if (spread := [r["spread"] for r in rows if r["runtime"] == runtime and r["spread"] is not None])
+    )
     return (
         f"one image: FLOPs = 2 x multiply-adds, MAC = conv inputs + outputs + weights (fp32); speed at batch "
         f"{first['batch_size']}, input {first['input_size']} (first row), {first['blocks']} blocks, median of "
-        f"{first['rounds']} interleaved rounds of {first['runs']} batches (spread: their interquartile range / "
-        f"median); "
+        f"{first['rounds']} interleaved rounds of {first['runs']} batches per runtime (rel.: relative to the first "
+        f"row); largest spread (the rounds' interquartile range / median): {spreads or 'none measured'}; "
         f"{first['device']}, {first['dtype']}, threads {first['threads']}, torch {first['torch_version']}"
     )
+
+
+def failures(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per row a runtime could not prepare."""
+    return [
+        f"{row['guideline'].upper()} {row['setting']}: {row['runtime']} could not run it: {row['error']}"
+        for row in rows
+        if row["error"]
+    ]
 
 
 def guidelines_markdown(tables: dict[str, list[dict[str, Any]]]) -> str:
     parts = []
     for guideline, rows in tables.items():
         parts.append(f"### {TITLES[guideline]}\n")
-        parts.extend(markdown_table(GUIDELINE_TABLE_COLUMNS, [guideline_cells(row) for row in rows]))
+        parts.extend(markdown_table(*guideline_table(rows)))
         parts.append(f"\n{guideline_caption(rows)}\n")
+        parts.append(f"{verdict_line(guideline, rows)}\n")
+        parts.extend(f"- {line}" for line in failures(rows))
+    parts.append(f"### {VERDICT_TITLE}\n")
+    parts.extend(markdown_table(*verdict_table(tables)))
+    parts.append(f"\n{verdict_caption()}\n")
     return "\n".join(parts)
 
 
@@ -475,11 +723,20 @@ def profile_guidelines(
     guidelines: Sequence[str], options: Mapping[str, Any], settings: ProfileSettings, output_dir: Path
 ) -> dict[str, Any]:
     """ShuffleNet V2's guideline benchmarks `guidelines` (conf/experiment/shufflenetv2_guidelines.yaml) with
-    `options` (`profile.guideline`) on `settings.device`, timed with `settings.runs` and `settings.warmup`: one table
-    each, printed and written to guidelines.md and guidelines.csv in the run directory; returns {guideline: rows}."""
+    `options` (`profile.guideline`) on `settings.device`, in each of `settings.runtimes` (int8 ones calibrated on
+    `settings.calibration_images` random inputs), timed with `settings.runs` and `settings.warmup`: one table each
+    and whether each guideline holds in each runtime, printed and written to guidelines.md and guidelines.csv (one
+    line per row and runtime) in the run directory; returns {guideline: rows}."""
     from lnrepro.utils.progress import measurement_progress
 
-    # One transient bar over every timing (rows x rounds of each table), on a terminal only.
+    for runtime in settings.runtimes:  # a missing package is refused before anything is measured
+        try:
+            check_runtime(runtime, settings.device)
+        except UserInputError as error:
+            others = ",".join(r for r in settings.runtimes if r != runtime)
+            raise UserInputError(f"{error}; or time the guidelines without it: profile.runtimes=[{others}]") from error
+
+    # One transient bar over every step (rows x runtimes x (1 + rounds) of each table), on a terminal only.
     bar = measurement_progress()
     task = bar.add_task("", total=None)
     started: set[str] = set()
@@ -501,16 +758,20 @@ def profile_guidelines(
             device=settings.device,
             runs=settings.runs,
             warmup=settings.warmup,
+            runtimes=settings.runtimes,
+            calibration_images=settings.calibration_images,
             **options,
         )
     rows = {guideline: [row.as_dict() for row in table] for guideline, table in tables.items()}
+    for line in failures([row for table_rows in rows.values() for row in table_rows]):
+        log.warning("%s", line)
     for guideline, table_rows in rows.items():
         print_table(
             TITLES[guideline],
-            GUIDELINE_TABLE_COLUMNS,
-            [guideline_cells(row) for row in table_rows],
-            caption=guideline_caption(table_rows),
+            *guideline_table(table_rows, header_break="\n"),
+            caption=f"{guideline_caption(table_rows)}\n{verdict_line(guideline, table_rows)}",
         )
+    print_table(VERDICT_TITLE, *verdict_table(rows), caption=verdict_caption())
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "guidelines.md", guidelines_markdown(rows))
     flat = [row for table_rows in rows.values() for row in table_rows]
