@@ -314,6 +314,12 @@ def _onnx_runner(session) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
+def onnx_runner(model_bytes: bytes, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A runner of the ONNX model `model_bytes` (an exported file's bytes: `lnrepro-eval exported=`) in an ONNX
+    Runtime session made as the profile makes its own (`_session`, `_onnx_runner`)."""
+    return _onnx_runner(_session(model_bytes, torch.device(device)))
+
+
 def _quantize(source: Path, target: Path, calibration: torch.Tensor, reduce_range: bool) -> None:
     """Static int8 quantisation by ONNX Runtime's recipe: `quant_pre_process` (symbolic shape inference and graph
     optimisation, so that quantisation sees fused nodes), then `quantize_static` in the QDQ format with per-channel
@@ -516,7 +522,8 @@ def _set_executorch_threads(threads: int) -> int:
     pool is process-wide and must be set before a program is loaded. Returns the count it reports."""
     from executorch.extension.pybindings import portable_lib
 
-    portable_lib._unsafe_reset_threadpool(threads)
+    if portable_lib._threadpool_get_thread_count() != threads:  # a reset logs a line to stderr each time
+        portable_lib._unsafe_reset_threadpool(threads)
     return int(portable_lib._threadpool_get_thread_count())
 
 
