@@ -25,6 +25,8 @@ TEST_FILES = ("test_batch",)
 LOCK_FILE = ".cifar-10-download.lock"
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
+# label 0-9 in order, as batches.meta's label_names lists them (what an exported network's export.json names)
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def _official_md5() -> dict[str, str]:
@@ -203,6 +205,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
     mean = MEAN
     std = STD
     num_classes = 10
+    class_names = CLASS_NAMES
 
     def __init__(
         self,

@@ -247,6 +247,10 @@ class DecodedSplit(Subset):
 
 class ImageFolderDataModule(SplitDataModule):
     drop_last_train = True  # full batches only: BN statistics of a tiny last batch are noise
+    # the normalisation of both transforms, and the class folder names once set up (export.json states them)
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+    class_names: list[str] | None = None
 
     def __init__(
         self,
@@ -366,6 +370,7 @@ class ImageFolderDataModule(SplitDataModule):
             )
         if train_view.classes != test_view.classes:
             raise UserInputError(f"train/ and val/ in {self.root} have different class folders")
+        self.class_names = list(train_view.classes)
         self._leave_out_unreadable(train_view, eval_view, test_view)
         count = len(train_view)
         if not 0 < self.val_size < count:

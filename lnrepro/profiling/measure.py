@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from lnrepro import schema
 from lnrepro.errors import UserInputError, check_integer
 from lnrepro.profiling.context import InputSize, input_shape, measurement_context, shape_text
 from lnrepro.profiling.counts import MacCount, count_macs, count_parameters
+from lnrepro.profiling.exported import kept_export
 from lnrepro.profiling.memory import inference_peak_memory, training_peak_memory
 from lnrepro.profiling.runtimes import RUNTIMES, check_runtime, measure_runtime
 from lnrepro.profiling.timing import training_throughput
@@ -59,6 +61,7 @@ class ProfileSettings:
     layers: bool  # lnrepro-profile prints the per-layer table
     flop_conventions: bool  # lnrepro-profile: multiply-adds counted the ways papers count them
     end_of_fit: bool  # train.py: measure the trained network after the fit
+    export: bool  # keep each measured runtime's exported file in the run's export/ (lnrepro.profiling.exported)
 
     def __post_init__(self) -> None:
         for name, least in (
@@ -157,6 +160,7 @@ def measured_metrics(
     test_batches: Callable[[], Iterable] | None = None,
     keep_going: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    export_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """What `settings` asks for, on the device and dtype where the model is, with `settings.threads`:
 
@@ -165,7 +169,8 @@ def measured_metrics(
       batches, images as eager sees them), `test/acc_<runtime>` for every runtime but eager; `calibration`:
       images for onnxruntime_int8 (None: `calibration_images` random ones). With `keep_going`, a runtime that
       fails leaves `<runtime>/error` instead of its figures (a finished fit keeps its results); `progress(runtime,
-      done, total)` is called as each runtime starts and once more at the end;
+      done, total)` is called as each runtime starts and once more at the end; with `export_dir`, the exported
+      file of each runtime measured without an error is kept there (`lnrepro.profiling.exported.kept_export`);
     - peak memory of inference (`memory/infer_peak_mib`) and, with `train`, of training (`memory/peak_mib`);
       with `train` and `training_speed`, training throughput (a fit passes False: it measured its own)."""
     settings = settings or ProfileSettings.from_config()
@@ -178,8 +183,8 @@ def measured_metrics(
             if progress is not None:
                 progress(runtime, done, len(settings.runtimes))
             try:
-                metrics.update(
-                    measure_runtime(
+                with kept_export(export_dir, runtime) as workdir:
+                    figures = measure_runtime(
                         runtime,
                         model,
                         input_size,
@@ -188,9 +193,10 @@ def measured_metrics(
                         throughput_runs=runs,
                         warmup=settings.warmup,
                         calibration=calibration,
+                        workdir=workdir,
                         test_batches=test_batches() if test_batches is not None and runtime != "eager" else None,
                     )
-                )
+                metrics.update(figures)
             except Exception as error:  # one runtime's failure must not cost the run's other figures
                 if not keep_going:
                     raise
@@ -223,9 +229,11 @@ def profile_model(
     settings: ProfileSettings | None = None,
     macs: MacCount | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    export_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """`static_metrics` (with `macs` when the caller has counted them) and `measured_metrics` together."""
+    """`static_metrics` (with `macs` when the caller has counted them) and `measured_metrics` together
+    (`export_dir`: as `measured_metrics` takes it)."""
     return {
         **static_metrics(model, input_size, macs=macs),
-        **measured_metrics(model, input_size, settings, progress=progress),
+        **measured_metrics(model, input_size, settings, progress=progress, export_dir=export_dir),
     }

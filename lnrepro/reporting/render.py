@@ -557,8 +557,77 @@ def make_report(
     return report
 
 
+def seed_records(rows: list[ReportRow]) -> list[dict[str, Any]]:
+    """Top-1 over seeds of every row that has a top-1, as numbers (report.csv's seed columns, the interval's ends,
+    the published top-1 and the verdict), with what a dashboard groups by (family, width, conv, data)."""
+    records = []
+    for row in rows:
+        stats = row.seed_stats
+        if not stats or not stats.n_seeds:
+            continue
+        cells = row.seed_stats_cells()
+        interval = stats.top1_ci95
+        records.append(
+            {
+                "model": row.run.label,
+                "family": row.run.model,
+                "width": row.run.width,
+                "conv": row.run.conv,
+                "data": row.run.metrics.get(schema.DATA),
+                "seeds": ",".join(map(str, stats.seeds)),
+                **cells,
+                "top1_low": None if interval is None else round(stats.top1_mean - interval, 3),
+                "top1_high": None if interval is None else round(stats.top1_mean + interval, 3),
+                "published_top1": (row.reference or {}).get("top1"),
+                "split": row.run.top1_source,
+            }
+        )
+    return records
+
+
+def runtime_records(rows: list[ReportRow]) -> list[dict[str, Any]]:
+    """The runtime table as numbers, one record per row and runtime it measured (or tried): batch-1 latency
+    (median, p90), images/s, the speed-up over eager, top-1 in that runtime (eager: `test/acc`), whether the
+    timing was contended, and the error of a runtime that failed. A row of several seeds has their medians."""
+    records = []
+    for row in rows:
+        metrics = row.run.metrics
+        eager = metrics.get(schema.latency_key("eager"))
+        for runtime in schema.RUNTIMES:
+            latency, error = metrics.get(schema.latency_key(runtime)), metrics.get(schema.error_key(runtime))
+            if latency is None and error is None:
+                continue
+            top1 = metrics.get(schema.TEST_ACC if runtime == "eager" else schema.accuracy_key(runtime))
+            records.append(
+                {
+                    "model": row.run.label,
+                    "family": row.run.model,
+                    "width": row.run.width,
+                    "runtime": runtime,
+                    "latency_ms": latency,
+                    "latency_p90_ms": metrics.get(schema.latency_p90_key(runtime)),
+                    "imgs_per_s": metrics.get(schema.throughput_key(runtime)),
+                    "speedup_vs_eager": eager / latency if eager and latency else None,
+                    "top1": None if top1 is None else round(100 * float(top1), 3),
+                    "contended": bool(metrics.get(schema.contended_key(runtime))),
+                    "error": error,
+                    "cpu": metrics.get("cpu/model"),
+                }
+            )
+    return records
+
+
+def _wandb_table(records: list[dict[str, Any]]):
+    import wandb
+
+    columns = list(records[0])
+    return wandb.Table(columns=columns, data=[[record[column] for column in columns] for record in records])
+
+
 def log_to_wandb(report: Report, project: str = "lnrepro", group: str | None = None) -> str:
-    """One W&B run (job_type=report) holding the table and the plots as images; returns its directory."""
+    """One W&B run (job_type=report) holding the table (`report/table`), top-1 over seeds with its interval and
+    verdict (`report/seeds`: `seed_records`), the runtimes' latency and top-1 (`report/runtimes`:
+    `runtime_records`) as Tables of numbers, and the plots as images; returns its directory."""
     import wandb
 
     run = wandb.init(
@@ -572,7 +641,14 @@ def log_to_wandb(report: Report, project: str = "lnrepro", group: str | None = N
     try:
         with open(report.files["csv"], newline="") as file:
             records = list(csv.reader(file))
-        run.log({"report/table": wandb.Table(columns=records[0], data=records[1:])})
+        tables = {"report/table": wandb.Table(columns=records[0], data=records[1:])}
+        for key, rows in (
+            ("report/seeds", seed_records(report.rows)),
+            ("report/runtimes", runtime_records(report.rows)),
+        ):
+            if rows:
+                tables[key] = _wandb_table(rows)
+        run.log(tables)
         images = {
             f"report/{name}": wandb.Image(str(path)) for name, path in report.files.items() if path.suffix == ".png"
         }

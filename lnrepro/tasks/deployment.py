@@ -1,18 +1,40 @@
 """The tested network in each deployment runtime (`profile.runtimes`), shared by the train and eval tasks: int8
-calibrated on the run's training images, and each runtime's accuracy on the test split beside eager's."""
+calibrated on the run's training images, each runtime's accuracy on the test split beside eager's, and the files a
+user ships (`profile.export`): each measured runtime's exported file in the run's `export/` with `export.json`,
+uploaded as one W&B artifact of the run where it logs to W&B."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
+from lnrepro import schema
 from lnrepro.errors import UserInputError
-from lnrepro.profiling import ProfileSettings, measured_metrics
+from lnrepro.loggers import wandb_loggers
+from lnrepro.profiling import ProfileSettings, evaluation_mode, measured_metrics
+from lnrepro.profiling.exported import EXPORT_DIR, MANIFEST, data_facts, write_manifest
+from lnrepro.profiling.runtimes import INT8_RUNTIMES
 from lnrepro.tasks.common import log
+
+#: What names the network in export.json, read from the run's metrics (run_facts and the config digest).
+ABOUT_KEYS = (
+    schema.MODEL,
+    schema.WIDTH,
+    schema.CONV,
+    schema.GROUPS,
+    schema.STEM,
+    schema.DATA,
+    schema.SEED,
+    schema.CONFIG_DIGEST,
+    schema.CKPT_PATH,
+    schema.TEST_CKPT_PATH,
+)
 
 
 def calibration_source(datamodule: pl.LightningDataModule, count: int):
@@ -32,7 +54,7 @@ def calibration_source(datamodule: pl.LightningDataModule, count: int):
 
 def check_calibration(settings: ProfileSettings, datamodule: pl.LightningDataModule) -> None:
     """A calibration set larger than the training data is refused before anything is trained."""
-    if settings.end_of_fit and "onnxruntime_int8" in settings.runtimes and hasattr(datamodule, "train_set"):
+    if settings.end_of_fit and set(INT8_RUNTIMES) & set(settings.runtimes) and hasattr(datamodule, "train_set"):
         calibration_source(datamodule, settings.calibration_images)
 
 
@@ -59,24 +81,37 @@ def calibration_images(datamodule: pl.LightningDataModule, count: int, device: t
 
 
 def runtime_figures(
-    settings: ProfileSettings, net: torch.nn.Module, image_size: int, datamodule: pl.LightningDataModule, tested: bool
+    settings: ProfileSettings,
+    net: torch.nn.Module,
+    image_size: int,
+    datamodule: pl.LightningDataModule,
+    tested: bool,
+    run_dir: str | Path | None = None,
+    about: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Latency and throughput of the trained network in each of `profile.runtimes`, calibrated on the run's
     training images, and with `tested`, `test/acc_<runtime>` on the test split (the deployed accuracy beside
-    `test/acc`). A runtime that fails leaves `<runtime>/error`: the fit's results are kept whatever happens."""
+    `test/acc`). A runtime that fails leaves `<runtime>/error`: the fit's results are kept whatever happens.
+
+    With `run_dir` and `profile.export`, the exported file of each runtime measured without an error is kept in
+    `run_dir/export/` with `export.json` (`keep_export`); `about`: the run's metrics, whose `ABOUT_KEYS` name the
+    network there."""
     if not settings.end_of_fit or not settings.runtimes:
         return {}
     device = next(net.parameters()).device
     figures: dict[str, Any] = {}
     calibration, runtimes = None, list(settings.runtimes)
-    if "onnxruntime_int8" in runtimes:
+    int8 = [runtime for runtime in runtimes if runtime in INT8_RUNTIMES]
+    if int8:  # one calibration set for every int8 runtime: the same training images
         try:
             calibration = calibration_images(datamodule, settings.calibration_images, device)
         except UserInputError as error:  # int8 goes without; the other runtimes are still measured
-            log.warning("onnxruntime_int8 figures are missing: %s", error)
-            figures["onnxruntime_int8/error"] = str(error)
-            runtimes.remove("onnxruntime_int8")
+            for runtime in int8:
+                log.warning("%s figures are missing: %s", runtime, error)
+                figures[schema.error_key(runtime)] = str(error)
+                runtimes.remove(runtime)
     test_batches = (lambda: data_batches(datamodule, datamodule.test_dataloader(), device)) if tested else None
+    export_dir = Path(run_dir) / EXPORT_DIR if run_dir is not None and settings.export else None
     figures.update(
         measured_metrics(
             net,
@@ -86,6 +121,68 @@ def runtime_figures(
             calibration=calibration,
             test_batches=test_batches,
             keep_going=True,
+            export_dir=export_dir,
         )
     )
+    if export_dir is not None:
+        keep_export(export_dir, figures, runtimes, net, (3, image_size, image_size), datamodule, about or {})
     return figures
+
+
+def keep_export(
+    export_dir: Path,
+    figures: Mapping[str, Any],
+    runtimes: list[str],
+    net: torch.nn.Module,
+    input_size: tuple[int, int, int],
+    datamodule: Any,
+    about: Mapping[str, Any],
+    calibration: str = "training images",
+) -> Path | None:
+    """export.json for the files `measured_metrics` kept in `export_dir` (those of `runtimes` without a
+    `<runtime>/error` in `figures`), with the data module's normalisation and class names and the class count of
+    `net`'s output (what the files give, whatever the data module calls it); `calibration`: what int8 was
+    calibrated on. Returns its path, or None when no file was kept (and no folder is left)."""
+    facts = data_facts(datamodule)
+    measured = [runtime for runtime in runtimes if schema.error_key(runtime) not in figures]
+    with evaluation_mode(net):
+        parameter = next(net.parameters())
+        classes = net(torch.zeros(1, *input_size, device=parameter.device, dtype=parameter.dtype)).shape[-1]
+    path = write_manifest(
+        export_dir,
+        measured,
+        input_size,
+        classes,
+        facts["mean"],
+        facts["std"],
+        facts["class_names"],
+        **{key: about[key] for key in ABOUT_KEYS if about.get(key) is not None},
+        int8_calibration=calibration,
+    )
+    if path is not None:
+        log.info("exported files kept in %s: %s", export_dir, ", ".join(json.loads(path.read_text())["files"].values()))
+    return path
+
+
+def upload_export(trainer: pl.Trainer, settings: ProfileSettings, run_dir: str | Path) -> None:
+    """The export folder `runtime_figures` kept as one artifact (type `model`, named `export-<W&B run id>`,
+    export.json as its metadata) of each W&B run the trainer logs to; offline, it waits in the run's files for
+    `wandb sync`. Rank 0 only; a failure is one warning: the run's results never depend on W&B."""
+    manifest = Path(run_dir) / EXPORT_DIR / MANIFEST
+    if not (settings.end_of_fit and settings.export and trainer.is_global_zero and manifest.is_file()):
+        return
+    for logger in wandb_loggers(trainer):
+        try:
+            import wandb
+
+            run = logger.experiment
+            artifact = wandb.Artifact(
+                f"export-{run.id}",
+                type="model",
+                description="the network as exported for deployment (lnrepro profile.export)",
+                metadata=json.loads(manifest.read_text(encoding="utf-8")),
+            )
+            artifact.add_dir(str(manifest.parent))
+            run.log_artifact(artifact)
+        except Exception as error:  # W&B's own errors, a file that went away: the run's files are already kept
+            log.warning("the export folder was not logged to W&B: %s: %s", type(error).__name__, error)

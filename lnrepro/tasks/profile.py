@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -12,8 +13,10 @@ from lnrepro import schema
 from lnrepro.experiments import shufflenetv2_guidelines
 from lnrepro.profiling import MacCount, ProfileSettings, count_macs, profile_model
 from lnrepro.profiling.context import shape_text
+from lnrepro.profiling.exported import EXPORT_DIR
 from lnrepro.schema import write_metrics
 from lnrepro.tasks.common import log, run_facts
+from lnrepro.tasks.deployment import keep_export
 from lnrepro.tasks.instantiate import instantiate
 from lnrepro.utils.progress import measurement_progress
 from lnrepro.utils.tables import print_table
@@ -168,14 +171,27 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     log.info("profiling %s on %s, input %s", cfg.model.name, settings.device, input_size)
     macs = count_macs(net, input_size)  # once, for the totals and the per-layer table
     settings.check_runtimes(settings.device)
+    export_dir = Path(cfg.paths.output_dir) / EXPORT_DIR if settings.export else None
     with measurement_progress() as bar:  # compiling and quantising take minutes on small CPUs
         task = bar.add_task("", total=len(settings.runtimes))
 
         def progress(runtime: str, done: int, total: int) -> None:
             bar.update(task, description=f"{cfg.model.name}: {runtime}", completed=done, refresh=True)
 
-        metrics = profile_model(net, input_size, settings, macs=macs, progress=progress)
+        metrics = profile_model(net, input_size, settings, macs=macs, progress=progress, export_dir=export_dir)
     metrics.update(run_facts(cfg), task="profile")
+    if export_dir is not None:  # the data module's class, not an instance: nothing is read or downloaded
+        data_class = hydra.utils.get_class(cfg.data._target_)
+        keep_export(
+            export_dir,
+            metrics,
+            settings.runtimes,
+            net,
+            input_size,
+            data_class,
+            metrics,
+            calibration="random images (lnrepro-profile reads no data): int8 files are for timing, not accuracy",
+        )
     if settings.layers:
         print_layers(macs)
     if settings.flop_conventions:

@@ -16,7 +16,7 @@ from lnrepro.loggers import publish
 from lnrepro.profiling import ProfileSettings, cpu
 from lnrepro.schema import write_metrics
 from lnrepro.tasks.common import hydra_multirun_name, log, run_facts
-from lnrepro.tasks.deployment import check_calibration, runtime_figures
+from lnrepro.tasks.deployment import check_calibration, runtime_figures, upload_export
 from lnrepro.tasks.instantiate import (
     callbacks_for_trainer,
     close_loggers,
@@ -142,13 +142,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             start = time.perf_counter()
             signals.set_phase("the end-of-fit profile")
             figures = runtime_figures(
-                settings, module.net, int(cfg.data.image_size), datamodule, tested=bool(cfg.get("test", True))
+                settings,
+                module.net,
+                int(cfg.data.image_size),
+                datamodule,
+                tested=bool(cfg.get("test", True)),
+                run_dir=output_dir,
+                about=metrics,
             )
             if figures:
                 figures[schema.END_OF_FIT_PROFILE_S] = time.perf_counter() - start
                 publish(trainer, figures, save=True)
                 metrics.update(figures)
                 write_metrics(output_dir, metrics)
+            upload_export(trainer, settings, output_dir)
     finally:
         close_loggers(loggers)
     return metrics
