@@ -236,8 +236,8 @@ LAYERS_SUM = _key(
 LAYERS_LATENCY = _key(
     "layers/<runtime>_latency_ms",
     "ms",
-    "median batch-1 latency of the runtime without its profiler, timed call by call in turn with the profiled calls "
-    "that the per-layer times come from: what their sum is to add up to",
+    "median batch-1 latency of the runtime without its profiler, timed just before and just after the profiled "
+    "calls that the per-layer times come from: what their sum is to add up to",
 )
 LAYERS_ERROR = _key("layers/<runtime>_error", "-", "why the runtime's per-layer times are missing")
 

@@ -219,3 +219,21 @@ def test_onnxruntime_layers_of_ghostnet_at_224_sum_to_its_latency(tmp_path):
     assert sorted(row.name for row in table.rows) == sorted(nodes)
     assert {row.kind for row in table.rows} <= set(KINDS) - {"other"}
     assert all(row.macs is not None and row.bytes is not None for row in table.rows)
+
+
+def test_profile_with_layers_writes_a_table_per_runtime_and_prints_where_the_time_goes(tmp_path, capsys):
+    from lnrepro.tasks.profile import print_layer_times, profile
+    from tests.conftest import compose_config
+
+    overrides = ["model=ghostnet", "model.width=0.25", "data=synthetic", "data.image_size=16", "profile.runs=3"]
+    overrides += ["profile.warmup=1", "profile.batch_size=2", "profile.memory=false", "profile.train=false"]
+    overrides += ["profile.runtimes=[eager,onnxruntime]", "profile.layers=true"]
+    metrics = profile(compose_config("profile", tmp_path, overrides))
+    printed = capsys.readouterr().out
+    for runtime in ("eager", "onnxruntime"):
+        rows = read_layer_table(tmp_path / "layers" / f"{runtime}.csv")
+        assert metrics[f"layers/{runtime}_sum_ms"] == pytest.approx(sum(row["time_ms"] for row in rows), rel=1e-4)
+        assert f"where the time goes in {runtime}" in printed and f"the ten most expensive rows in {runtime}" in printed
+    assert "per layer, one image" in printed  # today's table of multiply-adds stays
+    print_layer_times(tmp_path, ["compiled"], metrics)
+    assert "per-layer times in compiled: not reported" in capsys.readouterr().out

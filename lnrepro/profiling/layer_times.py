@@ -42,6 +42,7 @@ from lnrepro import schema
 from lnrepro.errors import UserInputError, check_integer
 from lnrepro.profiling.context import InputSize, input_shape, model_device, random_input
 from lnrepro.profiling.counts import OperatorTracer, count_operators, evaluation_mode, moved_bytes
+from lnrepro.profiling.exported import EXPORTED_FILES
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,7 @@ class LayerTime:
 @dataclass(frozen=True)
 class LayerTable:
     """The rows of one runtime, and the end-to-end median they are to add up to: unprofiled batch-1 calls of the
-    same runtime, made in turn with the profiled ones (on shared cores the speed of a whole measurement drifts by
-    more than the rows' error from one second to the next, so a latency timed at another moment says less)."""
+    same runtime timed just before and just after the profiled ones (`_bracketed`)."""
 
     rows: list[LayerTime]
     latency_ms: float
@@ -142,16 +142,27 @@ class LayerTable:
         return sum(row.time_ms for row in self.rows)
 
 
-def _in_turn(profiled: Callable[[], Any], plain: Callable[[], Any], runs: int, warmup: int) -> float:
-    """Call `profiled` and `plain` in turn `warmup + runs` times; the median milliseconds of the timed `plain` calls
-    after the first `warmup`."""
+def _bracketed(profiled: Callable[[], Any], plain: Callable[[], Any], runs: int, warmup: int) -> float:
+    """Call `plain` (runs // 2 timed after `warmup` untimed), `profiled` (`warmup` + `runs`), then `plain` again;
+    the median milliseconds of the timed `plain` calls. On shared cores a measurement's speed drifts by more than
+    the rows' error within seconds, so the reference is timed around the rows rather than at another moment; not
+    call by call in turn, because two sessions' thread pools (ONNX Runtime's spin between calls) would then slow
+    each other down."""
     seconds = []
+
+    def timed_plain(count: int) -> None:
+        for _ in range(warmup):
+            plain()
+        for _ in range(count):
+            start = time.perf_counter()
+            plain()
+            seconds.append(time.perf_counter() - start)
+
+    timed_plain(max(1, runs // 2))
     for _ in range(warmup + runs):
         profiled()
-        start = time.perf_counter()
-        plain()
-        seconds.append(time.perf_counter() - start)
-    return 1000 * statistics.median(seconds[warmup:])
+    timed_plain(max(1, runs - runs // 2))
+    return 1000 * statistics.median(seconds)
 
 
 def conv_kind(groups: int, weight_shape: tuple[int, ...]) -> str:
@@ -248,8 +259,8 @@ def torch_op_kind(op: str, input_shapes: tuple[tuple[int, ...], ...]) -> str:
 
 def eager_layer_times(model: nn.Module, input_size: InputSize, runs: int = 20, warmup: int = 5) -> LayerTable:
     """Each torch call of one forward pass of one image, timed in `runs` passes after `warmup` untimed ones (eval
-    mode under torch.inference_mode, as the `eager` runtime runs; the caller's mode is restored), each traced pass
-    followed by a plain one for the latency."""
+    mode under torch.inference_mode, as the `eager` runtime runs; the caller's mode is restored); plain passes
+    before and after give the latency."""
     if model_device(model).type != "cpu":
         raise UserInputError(
             "per-layer times in eager PyTorch are measured on the CPU (a GPU runs operators asynchronously, so a "
@@ -273,7 +284,7 @@ def eager_layer_times(model: nn.Module, input_size: InputSize, runs: int = 20, w
         timed.append([call.seconds for call in tracer.calls])
 
     with evaluation_mode(model), torch.inference_mode():
-        latency_ms = _in_turn(traced, lambda: model(images), runs, warmup)
+        latency_ms = _bracketed(traced, lambda: model(images), runs, warmup)
     timed = timed[warmup:]
     rows, seen = [], {}
     for index, op in enumerate(operators):
@@ -474,16 +485,16 @@ def onnx_layer_times(
     model_bytes: bytes, input_size: InputSize, runs: int = 20, warmup: int = 5, se: Iterable[str] = ()
 ) -> LayerTable:
     """Each node of an ONNX model as ONNX Runtime runs it: `runs` profiled batch-1 runs after `warmup` ones
-    (`profiled_session`), each followed by a run of the unprofiled session the runtime times, for the latency.
+    (`profiled_session`); the unprofiled session the runtime times, run before and after, gives the latency.
     `se`: module paths of squeeze-and-excitation modules (their nodes are kind `se`)."""
-    from lnrepro.profiling.runtimes import _onnx_runner, _session
+    from lnrepro.profiling.runtimes import onnx_runner
 
     images = torch.randn(1, *input_shape(input_size), generator=torch.Generator().manual_seed(0))
-    plain = _onnx_runner(_session(model_bytes, torch.device("cpu"), allow_gpu=False))
+    plain = onnx_runner(model_bytes, torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="lnrepro-layers-") as scratch:
         session, optimized = profiled_session(model_bytes, Path(scratch))
         feed = {session.get_inputs()[0].name: images.numpy()}
-        latency_ms = _in_turn(lambda: session.run(None, feed), lambda: plain(images), runs, warmup)
+        latency_ms = _bracketed(lambda: session.run(None, feed), lambda: plain(images), runs, warmup)
         return LayerTable(onnx_profile_rows(Path(session.end_profiling()), optimized, warmup, se), latency_ms)
 
 
@@ -569,20 +580,11 @@ def runtime_layer_times(
     with tempfile.TemporaryDirectory(prefix="lnrepro-layers-") as scratch:
         if known is None:  # the runtime's own preparation makes the file, exactly as it is timed
             prepare(runtime, model, input_size, calibration=calibration, workdir=scratch)
-            known = Path(scratch) / _FILES[runtime]
+            known = Path(scratch) / EXPORTED_FILES[runtime]
         program = known.read_bytes()
     if runtime.startswith("onnxruntime"):
         return onnx_layer_times(program, input_size, runs, warmup, se)
     return executorch_layer_times(program, input_size, runs, warmup)
-
-
-#: The file `runtimes.prepare` leaves in its workdir for each runtime.
-_FILES = {
-    "onnxruntime": "model.onnx",
-    "onnxruntime_int8": "model.int8.onnx",
-    "executorch": "model.pte",
-    "executorch_int8": "model.int8.pte",
-}
 
 
 # --- ExecuTorch ------------------------------------------------------------------------------------------------------
@@ -794,8 +796,8 @@ def _fits(event: str, node_type: str) -> bool:
 
 def executorch_layer_times(program: bytes, input_size: InputSize, runs: int = 20, warmup: int = 5) -> LayerTable:
     """Each operator of an ExecuTorch program as it runs: `runs` batch-1 calls after `warmup` ones with the event
-    tracer on (ETDump, read with ExecuTorch's Inspector), at torch's thread count, each followed by a call of the
-    program loaded without the tracer, for the latency.
+    tracer on (ETDump, read with ExecuTorch's Inspector), at torch's thread count; the program loaded without the
+    tracer, run before and after, gives the latency.
 
     Rows: every operator inside an XNNPACK delegate (this build times each one, in whole microseconds), every kernel
     call outside the delegates (portable kernels: the instruction's time), and per delegate call the time it took
@@ -811,7 +813,7 @@ def executorch_layer_times(program: bytes, input_size: InputSize, runs: int = 20
     _set_executorch_threads(torch.get_num_threads())
     runner, plain = executorch_runner(program, enable_etdump=True), executorch_runner(program)
     images = torch.randn(1, *input_shape(input_size), generator=torch.Generator().manual_seed(0))
-    latency_ms = _in_turn(lambda: runner(images), lambda: plain(images), runs, warmup)
+    latency_ms = _bracketed(lambda: runner(images), lambda: plain(images), runs, warmup)
     with tempfile.TemporaryDirectory(prefix="lnrepro-etdump-") as scratch:
         trace, debug = Path(scratch) / "trace.etdp", Path(scratch) / "debug.bin"
         runner.program.write_etdump_result_to_file(str(trace), str(debug))

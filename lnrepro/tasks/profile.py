@@ -104,6 +104,93 @@ def print_layers(macs: MacCount) -> None:
     print_table("per layer, one image (MACs = multiply-adds)", columns, rows)
 
 
+# --- profile.layers: where the time goes, per runtime (lnrepro.profiling.layer_times) --------------------------------
+def profile_layer_times(
+    net: torch.nn.Module, input_size: tuple[int, int, int], settings: ProfileSettings, out_dir: Path, label: str
+) -> dict[str, Any]:
+    """Each layer of `net` timed in each of `profile.runtimes` that can report it (`settings.runs` profiled passes
+    after `settings.warmup`), written as `out_dir/layers/<runtime>.csv`; the files the profile kept in export/
+    are timed rather than exported again. Returns the metrics (`layers/<runtime>_sum_ms`, the roofline's peaks);
+    a runtime that fails leaves `layers/<runtime>_error` and the others are timed."""
+    from lnrepro.profiling.exported import EXPORTED_FILES
+    from lnrepro.profiling.layer_times import layer_times
+
+    exported = {runtime: out_dir / EXPORT_DIR / name for runtime, name in EXPORTED_FILES.items()}
+    with measurement_progress() as bar:
+        task = bar.add_task("", total=len(settings.runtimes))
+
+        def progress(runtime: str, done: int, total: int) -> None:
+            bar.update(task, description=f"{label} per layer: {runtime}", completed=done, total=total, refresh=True)
+
+        return layer_times(
+            net,
+            input_size,
+            settings.runtimes,
+            out_dir,
+            runs=settings.runs,
+            warmup=settings.warmup,
+            exported=exported,
+            keep_going=True,
+            progress=progress,
+        )
+
+
+def _cut(text: str, width: int, keep_end: bool = False) -> str:
+    # ONNX Runtime names a fused node after its output tensor's module path: there the end says which layer it is
+    if len(text) <= width:
+        return text
+    return "..." + text[-(width - 3) :] if keep_end else text[: width - 3] + "..."
+
+
+def print_layer_times(out_dir: Path, runtimes: list[str], metrics: dict[str, Any]) -> None:
+    """For each runtime, the time by operator kind and the ten most expensive rows of layers/<runtime>.csv (or why
+    there is none)."""
+    from lnrepro.profiling.layer_times import NOT_REPORTED, layer_table_path, read_layer_table, time_by_kind
+    from lnrepro.utils.tables import wide_console
+
+    for runtime in runtimes:
+        error = metrics.get(schema.runtime_key(schema.LAYERS_ERROR, runtime))
+        path = layer_table_path(out_dir, runtime)
+        if runtime in NOT_REPORTED or error or not path.is_file():
+            reason = NOT_REPORTED.get(runtime) or error or "no table"
+            wide_console().print(f"per-layer times in {runtime}: not reported ({reason})")
+            continue
+        rows = read_layer_table(path)
+        total = sum(row["time_ms"] for row in rows)
+        end_to_end = metrics.get(schema.runtime_key(schema.LAYERS_LATENCY, runtime))
+        print_table(
+            f"where the time goes in {runtime} (one image, median per call)",
+            [("kind", True), ("ms", False), ("share", False)],
+            [[kind, f"{ms:.3f}", f"{share:.1%}"] for kind, ms, share in time_by_kind(rows)],
+            caption=f"{len(rows)} rows, sum {total:.2f} ms"
+            + (f"; unprofiled median {end_to_end:.2f} ms, timed around the profiled calls" if end_to_end else "")
+            + f"; {path}",
+        )
+
+        def number(value: Any, fmt: str) -> str:
+            return "-" if value is None else fmt.format(value)
+
+        print_table(
+            f"the ten most expensive rows in {runtime}",
+            [("name", True), ("kind", True), ("op", True)]
+            + [(title, False) for title in ("MACs (M)", "MB", "ms", "GFLOP/s", "GB/s", "roofline")],
+            [
+                [_cut(row["name"], 44, keep_end=True), row["kind"], _cut(row["op"], 24)]
+                + [
+                    number(row["macs"] and row["macs"] / 1e6, "{:.2f}"),
+                    number(row["bytes"] and row["bytes"] / 1e6, "{:.2f}"),
+                    number(row["time_ms"], "{:.3f}"),
+                    number(row["gflops"], "{:.1f}"),
+                    number(row["gbps"], "{:.1f}"),
+                    number(row["roofline_share"], "{:.0%}"),
+                ]
+                for row in sorted(rows, key=lambda row: -row["time_ms"])[:10]
+            ],
+            caption="roofline: the roofline's least time for the row's work over its time (above 100%: its data came "
+            "from cache, faster than the memory bandwidth the roofline assumes)",
+        )
+
+
 def published_macs(metrics: dict[str, Any]) -> float | None:
     """Multiply-adds of the network in the shipped published tables (ImageNet by family, width, groups and
     resolution; CIFAR-10 ports by model and width), or None."""
@@ -194,6 +281,9 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
         )
     if settings.layers:
         print_layers(macs)
+        out_dir = Path(cfg.paths.output_dir)
+        metrics.update(profile_layer_times(net, input_size, settings, out_dir, cfg.model.name))
+        print_layer_times(out_dir, settings.runtimes, metrics)
     if settings.flop_conventions:
         metrics.update(print_conventions(net, input_size, metrics))
     print_rows([metrics], settings.runtimes)
