@@ -170,6 +170,7 @@ def test_executorch_rows_class_the_operators_xnnpack_ran(runtime):
 def test_onnx_scope_reads_the_exporters_module_paths():
     assert onnx_scope("/blocks/blocks.3/blocks.3.0/se/fc1/Conv") == "blocks.3.0.se.fc1"
     assert onnx_scope("/features/features.0/conv/Conv") == "features.0.conv"
+    assert onnx_scope("/features/features.4/block/block.2/fc1/Conv") == "features.4.block.2.fc1"
     assert onnx_scope("/act1/Relu_output_0_nchwc") == "act1"
     assert onnx_scope("ReorderOutput_token_3") == ""
 

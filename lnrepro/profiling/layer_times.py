@@ -200,8 +200,11 @@ _TORCH_KINDS = {
         "concatenate",
         "stack",
         "split",
+        "split_with_sizes",
         "chunk",
         "narrow",
+        "slice",
+        "select",
         "__getitem__",
         "view",
         "reshape",
@@ -316,6 +319,7 @@ _ONNX_KINDS = {
         "ReduceMean",
         "QLinearGlobalAveragePool",
         "QLinearAveragePool",
+        "NhwcMaxPool",
     ),
     "concat_split_shuffle": (
         "Concat",
@@ -336,6 +340,7 @@ _ONNX_KINDS = {
         "DepthToSpace",
         "SpaceToDepth",
         "QLinearConcat",
+        "Shape",  # the run-time shape a reshape (ShuffleNet's channel shuffle) is computed from
     ),
     "elementwise": (
         "Add",
@@ -388,16 +393,19 @@ _ONNX_SIZES = {
 
 
 def onnx_scope(node_name: str) -> str:
-    """The module path an ONNX node came from, from the TorchScript exporter's names: '/blocks/blocks.3/
-    blocks.3.0/se/fc1/Conv' -> 'blocks.3.0.se.fc1' (a segment that extends the path so far replaces it, one that
-    does not is a child's attribute name). ONNX Runtime names a fused node after its output tensor
-    ('/act1/Relu_output_0_nchwc'); nodes it adds ('ReorderOutput_token_3') have no path: ''."""
+    """The module path an ONNX node came from, from the TorchScript exporter's names, whose segments are each
+    module's name in its parent, a container's child spelled after the container ('block', 'block.2'): '/features/
+    features.4/block/block.2/fc1/Conv' -> 'features.4.block.2.fc1'. ONNX Runtime names a fused node after its output
+    tensor ('/act1/Relu_output_0_nchwc': 'act1'); nodes it adds ('ReorderOutput_token_3') have no path: ''."""
     if not node_name.startswith("/"):
         return ""
-    path = ""
+    parts: list[str] = []
     for segment in node_name.strip("/").split("/")[:-1]:
-        path = segment if not path or segment.startswith(path + ".") else f"{path}.{segment}"
-    return path
+        if parts and segment.startswith(parts[-1] + "."):
+            parts[-1] = segment
+        else:
+            parts.append(segment)
+    return ".".join(parts)
 
 
 #: A tensor as the ONNX helpers below see it: (bytes per element, shape).
@@ -597,6 +605,9 @@ _XNNPACK_KINDS = {
         "Transpose",
         "Concatenate",
         "Slice",
+        "Static Reshape",
+        "Static Slice",
+        "Static Transpose",
         "Constant Pad",
         "Reshape",
         "Even Split",
@@ -622,6 +633,7 @@ _XNNPACK_KINDS = {
         "Exp",
         "GELU",
         "Abs",
+        "Invalid Unary Op",  # XNNPACK 1.5.1's name for some int8 unary operators (MobileNet V3's, by lookup table)
     ),
     "pool": ("Mean", "Global Average Pooling", "Average Pooling", "Max Pooling", "ArgMax Pooling", "Sum"),
     "quantize": ("Convert",),
@@ -877,10 +889,11 @@ def executorch_layer_times(program: bytes, input_size: InputSize, runs: int = 20
 
 
 def _portable_kind(op: str) -> str:
-    """The kind of a portable kernel from its operator's base name (`_to_dim_order_copy`, `et_view`, ...)."""
-    if op in ("_to_dim_order_copy", "et_view", "view_copy", "_clone_dim_order", "clone", "permute_copy"):
+    """The kind of a portable kernel from its operator's base name (`_to_dim_order_copy`, `et_view`,
+    `split_with_sizes_copy`, ...): ExecuTorch's out-variant copies of view operators are data movement."""
+    if op in ("_to_dim_order_copy", "et_view", "_clone_dim_order"):
         return "concat_split_shuffle"
-    return torch_op_kind(op, ())
+    return torch_op_kind(op.removesuffix("_copy"), ())
 
 
 def write_layer_table(path: str | Path, rows: list[LayerTime], peaks: Any | None) -> Path:
