@@ -236,8 +236,9 @@ LAYERS_SUM = _key(
 LAYERS_LATENCY = _key(
     "layers/<runtime>_latency_ms",
     "ms",
-    "median batch-1 latency of the runtime without its profiler, timed just before and just after the profiled "
-    "calls that the per-layer times come from: what their sum is to add up to",
+    "median batch-1 latency of the runtime without its profiler, timed with the profiled calls the per-layer times "
+    "come from (call by call in turn at one thread, just before and after them with more): what their sum is to add "
+    "up to",
 )
 LAYERS_ERROR = _key("layers/<runtime>_error", "-", "why the runtime's per-layer times are missing")
 

@@ -132,7 +132,7 @@ class LayerTime:
 @dataclass(frozen=True)
 class LayerTable:
     """The rows of one runtime, and the end-to-end median they are to add up to: unprofiled batch-1 calls of the
-    same runtime timed just before and just after the profiled ones (`_bracketed`)."""
+    same runtime timed with the profiled ones (`_reference_latency`)."""
 
     rows: list[LayerTime]
     latency_ms: float
@@ -142,26 +142,36 @@ class LayerTable:
         return sum(row.time_ms for row in self.rows)
 
 
-def _bracketed(profiled: Callable[[], Any], plain: Callable[[], Any], runs: int, warmup: int) -> float:
-    """Call `plain` (runs // 2 timed after `warmup` untimed), `profiled` (`warmup` + `runs`), then `plain` again;
-    the median milliseconds of the timed `plain` calls. On shared cores a measurement's speed drifts by more than
-    the rows' error within seconds, so the reference is timed around the rows rather than at another moment; not
-    call by call in turn, because two sessions' thread pools (ONNX Runtime's spin between calls) would then slow
-    each other down."""
+def _reference_latency(profiled: Callable[[], Any], plain: Callable[[], Any], runs: int, warmup: int) -> float:
+    """Make `warmup` + `runs` `profiled` calls and time `runs` `plain` calls around them; the median milliseconds of
+    the timed `plain` calls. On shared cores a measurement's speed drifts by more than the rows' error within
+    seconds, so the reference is timed with the rows, not at another moment: call by call in turn at one thread;
+    with more, just before and just after them, because two sessions' thread pools taking turns slow each other
+    down (ONNX Runtime's workers spin between calls: 8.7 ms against 2.8 ms for GhostNet at 2 threads)."""
     seconds = []
 
-    def timed_plain(count: int) -> None:
+    def timed_plain() -> None:
+        start = time.perf_counter()
+        plain()
+        seconds.append(time.perf_counter() - start)
+
+    if torch.get_num_threads() == 1:
+        for index in range(warmup + runs):
+            profiled()
+            if index < warmup:
+                plain()
+            else:
+                timed_plain()
+        return 1000 * statistics.median(seconds)
+    before = max(1, runs // 2)
+    for count, then_profiled in ((before, True), (max(1, runs - before), False)):
         for _ in range(warmup):
             plain()
         for _ in range(count):
-            start = time.perf_counter()
-            plain()
-            seconds.append(time.perf_counter() - start)
-
-    timed_plain(max(1, runs // 2))
-    for _ in range(warmup + runs):
-        profiled()
-    timed_plain(max(1, runs - runs // 2))
+            timed_plain()
+        if then_profiled:
+            for _ in range(warmup + runs):
+                profiled()
     return 1000 * statistics.median(seconds)
 
 
@@ -263,7 +273,7 @@ def torch_op_kind(op: str, input_shapes: tuple[tuple[int, ...], ...]) -> str:
 def eager_layer_times(model: nn.Module, input_size: InputSize, runs: int = 20, warmup: int = 5) -> LayerTable:
     """Each torch call of one forward pass of one image, timed in `runs` passes after `warmup` untimed ones (eval
     mode under torch.inference_mode, as the `eager` runtime runs; the caller's mode is restored); plain passes
-    before and after give the latency."""
+    timed with them give the latency."""
     if model_device(model).type != "cpu":
         raise UserInputError(
             "per-layer times in eager PyTorch are measured on the CPU (a GPU runs operators asynchronously, so a "
@@ -287,7 +297,7 @@ def eager_layer_times(model: nn.Module, input_size: InputSize, runs: int = 20, w
         timed.append([call.seconds for call in tracer.calls])
 
     with evaluation_mode(model), torch.inference_mode():
-        latency_ms = _bracketed(traced, lambda: model(images), runs, warmup)
+        latency_ms = _reference_latency(traced, lambda: model(images), runs, warmup)
     timed = timed[warmup:]
     rows, seen = [], {}
     for index, op in enumerate(operators):
@@ -493,7 +503,7 @@ def onnx_layer_times(
     model_bytes: bytes, input_size: InputSize, runs: int = 20, warmup: int = 5, se: Iterable[str] = ()
 ) -> LayerTable:
     """Each node of an ONNX model as ONNX Runtime runs it: `runs` profiled batch-1 runs after `warmup` ones
-    (`profiled_session`); the unprofiled session the runtime times, run before and after, gives the latency.
+    (`profiled_session`); the unprofiled session the runtime times, timed with them, gives the latency.
     `se`: module paths of squeeze-and-excitation modules (their nodes are kind `se`)."""
     from lnrepro.profiling.runtimes import onnx_runner
 
@@ -502,7 +512,7 @@ def onnx_layer_times(
     with tempfile.TemporaryDirectory(prefix="lnrepro-layers-") as scratch:
         session, optimized = profiled_session(model_bytes, Path(scratch))
         feed = {session.get_inputs()[0].name: images.numpy()}
-        latency_ms = _bracketed(lambda: session.run(None, feed), lambda: plain(images), runs, warmup)
+        latency_ms = _reference_latency(lambda: session.run(None, feed), lambda: plain(images), runs, warmup)
         return LayerTable(onnx_profile_rows(Path(session.end_profiling()), optimized, warmup, se), latency_ms)
 
 
@@ -809,7 +819,7 @@ def _fits(event: str, node_type: str) -> bool:
 def executorch_layer_times(program: bytes, input_size: InputSize, runs: int = 20, warmup: int = 5) -> LayerTable:
     """Each operator of an ExecuTorch program as it runs: `runs` batch-1 calls after `warmup` ones with the event
     tracer on (ETDump, read with ExecuTorch's Inspector), at torch's thread count; the program loaded without the
-    tracer, run before and after, gives the latency.
+    tracer, timed with them, gives the latency.
 
     Rows: every operator inside an XNNPACK delegate (this build times each one, in whole microseconds), every kernel
     call outside the delegates (portable kernels: the instruction's time), and per delegate call the time it took
@@ -825,7 +835,7 @@ def executorch_layer_times(program: bytes, input_size: InputSize, runs: int = 20
     _set_executorch_threads(torch.get_num_threads())
     runner, plain = executorch_runner(program, enable_etdump=True), executorch_runner(program)
     images = torch.randn(1, *input_shape(input_size), generator=torch.Generator().manual_seed(0))
-    latency_ms = _bracketed(lambda: runner(images), lambda: plain(images), runs, warmup)
+    latency_ms = _reference_latency(lambda: runner(images), lambda: plain(images), runs, warmup)
     with tempfile.TemporaryDirectory(prefix="lnrepro-etdump-") as scratch:
         trace, debug = Path(scratch) / "trace.etdp", Path(scratch) / "debug.bin"
         runner.program.write_etdump_result_to_file(str(trace), str(debug))

@@ -163,7 +163,7 @@ def print_layer_times(out_dir: Path, runtimes: list[str], metrics: dict[str, Any
             [("kind", True), ("ms", False), ("share", False)],
             [[kind, f"{ms:.3f}", f"{share:.1%}"] for kind, ms, share in time_by_kind(rows)],
             caption=f"{len(rows)} rows, sum {total:.2f} ms"
-            + (f"; unprofiled median {end_to_end:.2f} ms, timed around the profiled calls" if end_to_end else "")
+            + (f"; unprofiled median {end_to_end:.2f} ms, timed with the profiled calls" if end_to_end else "")
             + f"; {path}",
         )
 
