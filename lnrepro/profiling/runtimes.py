@@ -460,7 +460,7 @@ def lower_to_executorch(model: nn.Module, input_size: InputSize, calibration: to
         try:
             program = torch.export.export(exported, (images,))
             if calibration is not None:
-                program = torch.export.export(_quantized_pt2e(program, calibration), (images,))
+                program = torch.export.export(_quantized_pt2e(exported, program, calibration), (images,))
         except Exception as error:  # the network's failure, told in one line with the layer where it can be found
             raise _executorch_refusal(model, exported, images, error, "exported with torch.export for") from error
         try:
@@ -487,19 +487,28 @@ def _executorch_refusal(
     )
 
 
-def _quantized_pt2e(program: torch.export.ExportedProgram, calibration: torch.Tensor) -> nn.Module:
-    """PT2E static int8 quantisation of an exported float program with XNNPACK's quantizer, its observers
-    calibrated on `calibration` in batches the program accepts."""
+def _quantized_pt2e(model: nn.Module, program: torch.export.ExportedProgram, calibration: torch.Tensor) -> nn.Module:
+    """PT2E static int8 quantisation of `model` with XNNPACK's quantizer, its observers calibrated on
+    `calibration`. The observed graph is exported with a dynamic batch axis so that calibration runs in batches of
+    `_CALIBRATION_BATCH` (image by image it took minutes at 224x224); a network whose export cannot keep the batch
+    dynamic is calibrated image by image on `program`, its batch-1 export."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    batch = min(_CALIBRATION_BATCH, max(2, calibration.shape[0]))
+    try:
+        graph = torch.export.export(
+            model, (calibration[:1].expand(batch, -1, -1, -1),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+        ).module()
+    except Exception:  # e.g. a reshape that fixes the batch: the batch-1 program calibrates as well, only slower
+        graph, batch = program.module(), EXECUTORCH_MAX_BATCH
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(program.module(), quantizer)
+    prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
-        for images in calibration.split(EXECUTORCH_MAX_BATCH):
+        for images in calibration.split(batch):
             prepared(images)
     return convert_pt2e(prepared)
 
