@@ -110,11 +110,27 @@ def shipped_run(tmp_path_factory) -> ShippedRun:
         env.setenv("WANDB_SILENT", "true")
         env.setenv("WANDB_DATA_DIR", str(out / "wandb-data"))  # the artifact's staging copies
         overrides = ["model=vgg16", "model.width=0.25", "profile.end_of_fit=true", "logger=wandb"]
+        overrides.append("profile.layers=true")  # the end-of-fit per-layer account, timing the kept files
         overrides.append(f"profile.runtimes=[eager,{','.join(FILES)}]")
         overrides.append(f"+callbacks.spread._target_={SpreadLogitsAfterTest.__module__}.SpreadLogitsAfterTest")
         metrics = train(compose_config("train", out, FAST + NO_PROGRESS_BAR + data + overrides + FAST_PROFILE))
     GlobalHydra.instance().clear()
     return ShippedRun(metrics, out, data)
+
+
+def test_a_finished_run_with_layers_times_every_layer_in_each_runtime(shipped_run):
+    """profile.layers=true at the end of a fit: layers/<runtime>.csv in the run directory for eager and every
+    deployed runtime (the kept export/ files timed), with the sums in metrics.json."""
+    from lnrepro.profiling.layer_times import read_layer_table
+
+    for runtime in ["eager", *FILES]:
+        rows = read_layer_table(shipped_run.run_dir / "layers" / f"{runtime}.csv")
+        assert rows and all(row["time_ms"] is not None for row in rows)
+        assert shipped_run.metrics[f"layers/{runtime}_sum_ms"] == pytest.approx(sum(r["time_ms"] for r in rows))
+    conv = [
+        row for row in read_layer_table(shipped_run.run_dir / "layers" / "onnxruntime.csv") if row["kind"] == "conv"
+    ]
+    assert conv and all(row["macs"] > 0 for row in conv)  # VGG16's 3x3 convs, with their multiply-adds
 
 
 def test_a_finished_run_keeps_the_files_of_the_runtimes_it_measured(shipped_run):

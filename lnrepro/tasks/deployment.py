@@ -18,7 +18,8 @@ from lnrepro import schema
 from lnrepro.errors import UserInputError
 from lnrepro.loggers import wandb_loggers
 from lnrepro.profiling import ProfileSettings, evaluation_mode, measured_metrics
-from lnrepro.profiling.exported import EXPORT_DIR, MANIFEST, data_facts, write_manifest
+from lnrepro.profiling.exported import EXPORT_DIR, EXPORTED_FILES, MANIFEST, data_facts, write_manifest
+from lnrepro.profiling.measure import torch_threads
 from lnrepro.profiling.runtimes import INT8_RUNTIMES
 from lnrepro.tasks.common import log
 
@@ -126,7 +127,44 @@ def runtime_figures(
     )
     if export_dir is not None:
         keep_export(export_dir, figures, runtimes, net, (3, image_size, image_size), datamodule, about or {})
+    if settings.layers and run_dir is not None:
+        figures.update(end_of_fit_layer_times(settings, net, image_size, runtimes, calibration, Path(run_dir)))
     return figures
+
+
+def end_of_fit_layer_times(
+    settings: ProfileSettings,
+    net: torch.nn.Module,
+    image_size: int,
+    runtimes: list[str],
+    calibration: torch.Tensor | None,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """With `profile.layers=true`, each layer of the trained network timed in each runtime that can report it,
+    as `lnrepro-profile` does: `run_dir/layers/<runtime>.csv`, timing the files export/ kept rather than
+    exporting again. Off by default: it costs seconds per runtime (conf/profile/default.yaml). Eager per-layer
+    timing is CPU only, so a network trained on a GPU is timed in the deployed runtimes alone; a runtime that
+    fails leaves `layers/<runtime>_error`, and the fit's results are kept whatever happens."""
+    from lnrepro.profiling.layer_times import layer_times
+
+    measured = [runtime for runtime in runtimes if not (runtime == "eager" and next(net.parameters()).is_cuda)]
+    exported = {runtime: run_dir / EXPORT_DIR / name for runtime, name in EXPORTED_FILES.items()}
+    try:
+        with torch_threads(settings.threads):
+            return layer_times(
+                net,
+                (3, image_size, image_size),
+                measured,
+                run_dir,
+                calibration=calibration,
+                runs=settings.runs,
+                warmup=settings.warmup,
+                exported={runtime: path for runtime, path in exported.items() if path.is_file()},
+                keep_going=True,
+            )
+    except Exception as error:  # the per-layer account is a courtesy: the fit's own figures are already safe
+        log.warning("per-layer times are missing: %s: %s", type(error).__name__, error)
+        return {}
 
 
 def keep_export(
