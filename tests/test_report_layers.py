@@ -252,3 +252,10 @@ def test_one_summary_row_per_run_and_runtime_with_the_share_of_each_kind(run_wit
     assert rows["eager"][2:6] == ["25", "28", "80.0", "0.0"]
     shares = [float(cell) for cell in rows["onnxruntime"][4:]]
     assert sum(shares) == pytest.approx(100, abs=0.3)  # every kind is a column: the shares add up
+
+
+def test_the_latency_timed_with_the_profiled_calls_is_preferred(tmp_path):
+    run = write_run(tmp_path / "runs" / "ghostnet", **{"layers/onnxruntime_latency_ms": 9.5})
+    write_layers(run, "onnxruntime", ONNX_LAYERS)
+    report = make_report([tmp_path / "runs"], out_dir=tmp_path / "out")
+    assert "end-to-end median 9.5 ms (layers / end-to-end: 1.02)" in section(report.markdown, "onnxruntime")
