@@ -238,3 +238,14 @@ def test_profile_with_layers_writes_a_table_per_runtime_and_prints_where_the_tim
     assert "per layer, one image" in printed  # today's table of multiply-adds stays
     print_layer_times(tmp_path, ["compiled"], metrics)
     assert "per-layer times in compiled: not reported" in capsys.readouterr().out
+
+
+def test_time_by_kind_skips_empty_times_and_counts_unknown_kinds_as_other():
+    from lnrepro.profiling.layer_times import time_by_kind
+
+    rows = [
+        {"kind": "depthwise", "time_ms": 3.0},
+        {"kind": "conv1x1", "time_ms": None},
+        {"kind": "mystery", "time_ms": 1.0},
+    ]
+    assert time_by_kind(rows) == [("depthwise", 3.0, 0.75), ("other", 1.0, 0.25)]

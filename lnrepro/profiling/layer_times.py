@@ -951,8 +951,9 @@ def read_layer_table(path: str | Path) -> list[dict[str, Any]]:
 def time_by_kind(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, float, float]]:
     """(kind, milliseconds, share of the rows' total) for each kind that has time, in `KINDS` order."""
     totals = {kind: 0.0 for kind in KINDS}
-    for row in rows:
-        totals[row["kind"]] += row["time_ms"]
+    for row in rows:  # a table edited by hand may hold an empty time or a kind of its own
+        if row.get("time_ms") is not None:
+            totals[row["kind"] if row["kind"] in totals else "other"] += row["time_ms"]
     whole = sum(totals.values())
     return [(kind, ms, ms / whole if whole else 0.0) for kind, ms in totals.items() if ms > 0]
 

@@ -507,8 +507,12 @@ def _quantized_pt2e(model: nn.Module, program: torch.export.ExportedProgram, cal
         graph, batch = program.module(), EXECUTORCH_MAX_BATCH
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(graph, quantizer)
+    chunks = list(calibration.split(batch))
+    if batch > 1 and chunks[-1].shape[0] == 1:  # torch.export's dynamic batch starts at 2: no chunk of one image
+        tail = chunks.pop()
+        chunks = [*chunks[:-1], torch.cat([chunks[-1], tail])] if chunks else [tail.expand(2, -1, -1, -1)]
     with torch.no_grad():
-        for images in calibration.split(batch):
+        for images in chunks:
             prepared(images)
     return convert_pt2e(prepared)
 
@@ -543,6 +547,7 @@ def executorch_runner(program: bytes | str | Path, enable_etdump: bool = False):
     `enable_etdump`, is written by `.program.write_etdump_result_to_file`). Loading a .pte runs no Python code."""
     from executorch.runtime import Runtime
 
+    _set_executorch_threads(torch.get_num_threads())  # a .pte from lnrepro-eval runs as the profile ran it
     loaded = Runtime.get().load_program(
         program if isinstance(program, bytes) else Path(program), enable_etdump=enable_etdump, debug_buffer_size=0
     )

@@ -155,7 +155,7 @@ def print_layer_times(out_dir: Path, runtimes: list[str], metrics: dict[str, Any
             reason = NOT_REPORTED.get(runtime) or error or "no table"
             wide_console().print(f"per-layer times in {runtime}: not reported ({reason})")
             continue
-        rows = read_layer_table(path)
+        rows = [row for row in read_layer_table(path) if row["time_ms"] is not None]
         total = sum(row["time_ms"] for row in rows)
         end_to_end = metrics.get(schema.runtime_key(schema.LAYERS_LATENCY, runtime))
         print_table(
