@@ -32,6 +32,7 @@ from typing import Any
 
 from lnrepro import schema
 from lnrepro.reporting.collect import Run
+from lnrepro.reporting.formatting import MISSING, amount, figure
 from lnrepro.reporting.plots import _pyplot
 from lnrepro.utils.tables import markdown_table
 
@@ -41,7 +42,6 @@ TOP_LAYERS = 10
 ROOFLINE_PREFIX = "roofline_"
 REQUIRED_COLUMNS = ("name", "kind", "time_ms")
 FIGURE_COLUMNS = ("macs", "bytes", "time_ms", "intensity", "gflops", "gbps", "bound_ms", "roofline_share")
-MISSING = "-"
 
 
 @dataclass(frozen=True)
@@ -185,24 +185,6 @@ def load_layer_tables(runs: list[Run]) -> tuple[list[LayerTable], list[str]]:
 
 
 # --- Markdown -------------------------------------------------------------------------------------------------------
-def _figure(value: float | None) -> str:
-    """Three significant digits, never in exponent notation."""
-    if value is None:
-        return MISSING
-    text = f"{value:.3g}"
-    return f"{value:.0f}" if "e" in text else text
-
-
-def _amount(value: float | None) -> str:
-    """Counts as 14.7M, 877K, 2.32G."""
-    if value is None:
-        return MISSING
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(value) >= scale:
-            return _figure(value / scale) + suffix
-    return _figure(value)
-
-
 def _percent(value: float | None) -> str:
     return MISSING if value is None else f"{100 * value:.1f}"
 
@@ -225,24 +207,24 @@ def render_table(table: LayerTable) -> list[str]:
     """One run and runtime: the sum against end-to-end, time by kind, the most expensive layers, the plot."""
     total = table.total_ms
     end_to_end = reference_latency(table)
-    summary = f"{len(table.timed)} timed layers sum to {_figure(total)} ms"
+    summary = f"{len(table.timed)} timed layers sum to {figure(total)} ms"
     if end_to_end:
-        summary += f"; end-to-end median {_figure(end_to_end)} ms (layers / end-to-end: {total / end_to_end:.2f})"
+        summary += f"; end-to-end median {figure(end_to_end)} ms (layers / end-to-end: {total / end_to_end:.2f})"
     if table.peaks:
-        summary += f"; roofline peaks {_figure(table.peaks[0])} GFLOP/s, {_figure(table.peaks[1])} GB/s"
+        summary += f"; roofline peaks {figure(table.peaks[0])} GFLOP/s, {figure(table.peaks[1])} GB/s"
     share = lambda ms: ms / total if total else None  # noqa: E731
-    kinds = [[_cell(kind), _figure(ms), _percent(share(ms)), str(count)] for kind, ms, count in table.by_kind()]
+    kinds = [[_cell(kind), figure(ms), _percent(share(ms)), str(count)] for kind, ms, count in table.by_kind()]
     top = [
         [
             _cell(layer.name),
             _cell(layer.kind),
-            _figure(layer.time_ms),
+            figure(layer.time_ms),
             _percent(share(layer.time_ms)),
-            _amount(layer.macs),
-            _amount(layer.bytes),
-            _figure(layer.intensity),
-            _figure(layer.gflops),
-            _figure(layer.gbps),
+            amount(layer.macs),
+            amount(layer.bytes),
+            figure(layer.intensity),
+            figure(layer.gflops),
+            figure(layer.gbps),
             _percent(layer.roofline_share),
         ]
         for layer in table.most_expensive()
@@ -281,7 +263,7 @@ def render_kind_summary(tables: list[LayerTable]) -> list[str]:
         end_to_end = reference_latency(table)
         shares = {kind: ms / table.total_ms for kind, ms, _count in table.by_kind()} if table.total_ms else {}
         rows.append(
-            [_cell(table.run.label), table.runtime, _figure(table.total_ms), _figure(end_to_end)]
+            [_cell(table.run.label), table.runtime, figure(table.total_ms), figure(end_to_end)]
             + [_percent(shares.get(kind, 0.0)) for kind in kinds]
         )
     columns = [("network", True), ("runtime", True), ("layers ms", False), ("end-to-end ms", False)]
@@ -363,7 +345,7 @@ def roofline_plot(path: Path, table: LayerTable, colours: dict[str, Any] | None 
         roof_x, roof_y = roof(gflops, gbps, low, high)
         ax.plot(roof_x, roof_y, "-", color="black", lw=1.5, zorder=2)
         ax.annotate(
-            f"{_figure(gflops)} GFLOP/s",
+            f"{figure(gflops)} GFLOP/s",
             (high, gflops),
             xytext=(-4, 4),
             textcoords="offset points",
@@ -372,7 +354,7 @@ def roofline_plot(path: Path, table: LayerTable, colours: dict[str, Any] | None 
         )
         middle = math.sqrt(low * gflops / gbps)  # halfway up the memory slope, on log axes
         ax.annotate(
-            f"{_figure(gbps)} GB/s",
+            f"{figure(gbps)} GB/s",
             (middle, gbps * middle),
             xytext=(-6, 6),
             textcoords="offset points",
@@ -389,7 +371,7 @@ def roofline_plot(path: Path, table: LayerTable, colours: dict[str, Any] | None 
     if unplaced:  # data movement has no FLOPs to place on a log axis, yet it is time the network spends
         title += (
             f"\nnot placed (no FLOPs, or no shapes): {len(unplaced)} layers, "
-            f"{_figure(sum(layer.time_ms for layer in unplaced))} ms"
+            f"{figure(sum(layer.time_ms for layer in unplaced))} ms"
         )
     if not table.peaks:
         title += "\nno roofs: metrics.json has no usable roofline/gflops and roofline/gbps"

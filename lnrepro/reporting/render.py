@@ -21,6 +21,7 @@ from typing import Any
 
 from lnrepro import schema
 from lnrepro.reporting.collect import Run, load_runs, warn
+from lnrepro.reporting.formatting import MISSING, format_value, significant
 from lnrepro.reporting.layers import (
     ROOFLINE_PREFIX,
     LayerTable,
@@ -95,7 +96,6 @@ PLOTS = {
     "top1_vs_latency": ("infer_ms_per_image", "top1"),
     "flops_vs_latency": ("flops", "infer_ms_per_image"),
 }
-MISSING = "-"
 # The speed table under the main one, where runs carry speed figures (training runs at the end of fit, lnrepro-profile
 # runs always): (Markdown header, metrics.json key(s), format).
 SPEED_COLUMNS = [
@@ -108,30 +108,6 @@ SPEED_COLUMNS = [
     ("input", (schema.INPUT_SIZE,), "plain"),
     ("threads", (schema.THREADS,), "plain"),
 ]
-
-
-def _significant(value: float) -> str:
-    """Three significant digits, never in exponent notation."""
-    text = f"{value:.3g}"
-    if "e" in text:  # 1.23e+03 -> 1230
-        text = f"{value:.0f}"
-    return text
-
-
-def format_value(column: str, value: float | None) -> str:
-    """How the Markdown shows a figure: 14.7M, 877K, 2.32G, 10.6, 4.8 GiB, 83.9."""
-    if value is None:
-        return MISSING
-    if column in ("params", "flops"):
-        for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-            if abs(value) >= scale:
-                return _significant(value / scale) + suffix
-        return _significant(value)
-    if column == "memory_mib":
-        return f"{_significant(value / 1024)} GiB" if value >= 1024 else f"{_significant(value)} MiB"
-    if column == "top1":
-        return f"{value:.1f}"
-    return _significant(value)
 
 
 @dataclass
@@ -237,7 +213,7 @@ def build_rows(
 
 def latency_cell(median: float, p90: float | None) -> str:
     """`1.23 (1.5)`: median latency and, where measured, its 90th percentile."""
-    return _significant(median) + (f" ({_significant(p90)})" if p90 is not None else "")
+    return significant(median) + (f" ({significant(p90)})" if p90 is not None else "")
 
 
 def speed_cell(metrics: dict[str, Any], keys: tuple[str, ...], kind: str) -> str:
@@ -249,7 +225,7 @@ def speed_cell(metrics: dict[str, Any], keys: tuple[str, ...], kind: str) -> str
     if kind == "memory":
         return format_value("memory_mib", values[0])
     if kind == "rate":
-        return _significant(values[0])
+        return significant(values[0])
     return "x".join(map(str, values[0])) if isinstance(values[0], list) else str(values[0])
 
 
