@@ -830,9 +830,8 @@ def executorch_layer_times(program: bytes, input_size: InputSize, runs: int = 20
     classed by what they are (pool, conv1x1, elementwise): the program keeps no module paths."""
     from executorch.devtools import Inspector
 
-    from lnrepro.profiling.runtimes import _set_executorch_threads, executorch_runner
+    from lnrepro.profiling.runtimes import executorch_runner
 
-    _set_executorch_threads(torch.get_num_threads())
     runner, plain = executorch_runner(program, enable_etdump=True), executorch_runner(program)
     images = torch.randn(1, *input_shape(input_size), generator=torch.Generator().manual_seed(0))
     latency_ms = _reference_latency(lambda: runner(images), lambda: plain(images), runs, warmup)

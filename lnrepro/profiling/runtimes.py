@@ -547,7 +547,7 @@ def executorch_runner(program: bytes | str | Path, enable_etdump: bool = False):
     `enable_etdump`, is written by `.program.write_etdump_result_to_file`). Loading a .pte runs no Python code."""
     from executorch.runtime import Runtime
 
-    _set_executorch_threads(torch.get_num_threads())  # a .pte from lnrepro-eval runs as the profile ran it
+    threads = _set_executorch_threads(torch.get_num_threads())  # a .pte runs as the profile ran it, anywhere
     loaded = Runtime.get().load_program(
         program if isinstance(program, bytes) else Path(program), enable_etdump=enable_etdump, debug_buffer_size=0
     )
@@ -559,7 +559,7 @@ def executorch_runner(program: bytes | str | Path, enable_etdump: bool = False):
         logits = torch.cat([method.execute([chunk])[0].clone() for chunk in chunks])
         return logits if images.device.type == "cpu" else logits.to(images.device)
 
-    run.program = loaded
+    run.program, run.threads = loaded, threads
     # The loaded program reads the bytes in place (executorch 1.5.1 does not copy them): they must live as long
     # as the program, or later calls read freed memory (seen as shape errors inside the delegate).
     run.buffer = program
@@ -588,12 +588,13 @@ def _prepare_executorch(
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
         (Path(workdir) / ("model.int8.pte" if int8 else "model.pte")).write_bytes(program)
-    facts[f"{runtime}/threads"] = _set_executorch_threads(torch.get_num_threads())
+    run = executorch_runner(program)
+    facts[f"{runtime}/threads"] = run.threads
     facts[f"{runtime}/model_bytes"] = len(program)
     facts[f"{runtime}/max_batch"] = EXECUTORCH_MAX_BATCH
     facts[f"{runtime}/undelegated_ops"] = _undelegated_ops(program)
     facts[f"{runtime}/version"] = version("executorch")
-    return Runner(runtime, executorch_runner(program), device, facts)
+    return Runner(runtime, run, device, facts)
 
 
 # --- measuring -----------------------------------------------------------------------------------------------------
