@@ -242,6 +242,25 @@ LAYERS_LATENCY = _key(
 )
 LAYERS_ERROR = _key("layers/<runtime>_error", "-", "why the runtime's per-layer times are missing")
 
+# --- the latency predictor (lnrepro.profiling.predictor; profile.predict, experiment=latency_predictor|budget) ------
+LATENCY_PREDICTED = _key(
+    "latency/<runtime>_predicted_ms",
+    "ms",
+    "batch-1 latency in the runtime predicted from the network's kernels by the predictor fitted on this machine",
+)
+_key("<runtime>/within_10pct", "fraction", "latency predictor, leave one family out: share within +-10% of measured")
+_key("<runtime>/within_5pct", "fraction", "the same, within +-5%")
+_key("<runtime>/spearman", "-", "the same: rank correlation of predicted and measured latency")
+_key("<runtime>/median_error_pct", "%", "the same: median |predicted / measured - 1|")
+_key("<runtime>/noise_pct", "%", "median spread (max - min over mean) of two measurements of one network")
+_key("<runtime>/noise_p90_pct", "%", "90th percentile of that spread")
+_key("<runtime>/networks", "count", "held-out networks the validation figures are over")
+_key("<runtime>/<family>/<statistic>", "-", "one held-out family's validation figure (the statistics above)")
+_key("predictor/<runtime>/<fact>", "-", "the fitted predictor's samples, cache folder and key (CPU, threads, versions)")
+_key("predictor/stopped_early", "bool", "the fit stopped measuring at profile.predictor.max_minutes (rerun: resume)")
+_key("predictor/measure_s", "s", "seconds this fit spent measuring")
+_key("budget/<fact>", "-", "experiment=latency_budget: the budget, runtime and the chosen networks (budget.csv)")
+
 
 def runtime_key(pattern: str, runtime: str) -> str:
     """The key of a `<runtime>` pattern above for one runtime: `runtime_key(LATENCY, "onnxruntime")`."""

@@ -43,6 +43,7 @@ from lnrepro.errors import UserInputError, check_integer
 from lnrepro.profiling.context import InputSize, input_shape, model_device, random_input
 from lnrepro.profiling.counts import OperatorTracer, count_operators, evaluation_mode, moved_bytes
 from lnrepro.profiling.exported import EXPORTED_FILES
+from lnrepro.profiling.kernels import KernelShape, conv_shape, linear_shape, torch_kernel
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class LayerTime:
     macs: int | None
     bytes: int | None
     time_ms: float
+    #: a compute kernel's shape where the runtime's event can be tied to one (what a latency predictor is fitted on,
+    #: `lnrepro.profiling.predictor`); not a column of the CSV
+    shape: KernelShape | None = None
 
     def row(self, peaks: Any | None) -> dict[str, Any]:
         """The row under `COLUMNS`, with the roofline's figures from `peaks` (None: left empty)."""
@@ -312,6 +316,7 @@ def eager_layer_times(model: nn.Module, input_size: InputSize, runs: int = 20, w
                 macs=op.macs,
                 bytes=op.bytes_moved,
                 time_ms=1000 * statistics.median(run[index] for run in timed),
+                shape=torch_kernel(op),
             )
         )
     return LayerTable(rows, latency_ms)
@@ -499,6 +504,28 @@ def onnx_node_cost(op: str, inputs: list[Tensor], outputs: list[Tensor], attribu
     return kind, 0, moved
 
 
+def onnx_kernel_shape(
+    op: str, kind: str, macs: int, moved: int, inputs: list[Tensor], outputs: list[Tensor], attributes: dict
+) -> KernelShape | None:
+    """The `KernelShape` of a convolution or fully connected node (NCHW or NCHWc activations alike: (N, C, H, W) or
+    (N, C / block, H, W, block), the spatial axes at 2 and 3 in both), None for any other node."""
+    if not inputs or not outputs:
+        return None
+    image, out = inputs[0][1], outputs[0][1]
+    if op in _ONNX_CONVS and len(inputs) > _ONNX_CONVS[op] and len(image) >= 4 and len(out) >= 4:
+        weight = inputs[_ONNX_CONVS[op]][1]
+        if len(weight) != 4:
+            return None
+        groups = int(attributes.get("group", 1))
+        return conv_shape(
+            kind, (image[2], image[3]), (weight[0], out[2], out[3]), weight, groups, macs, moved, image[0]
+        )
+    if kind == "linear" and len(image) == 2 and len(out) == 2:
+        depth = image[0] if attributes.get("transA") else image[1]
+        return linear_shape(depth, out[1], macs, moved, out[0])
+    return None
+
+
 def onnx_layer_times(
     model_bytes: bytes, input_size: InputSize, runs: int = 20, warmup: int = 5, se: Iterable[str] = ()
 ) -> LayerTable:
@@ -562,10 +589,12 @@ def _onnx_rows(trace: list[dict], nodes: dict[str, OnnxNode], warmup: int, se: l
         node = nodes.get(name)
         inputs = _node_inputs(_profiled(args["input_type_shape"]), node)
         outputs = _profiled(args["output_type_shape"])
-        kind, macs, moved = onnx_node_cost(op, inputs, outputs, node.attributes if node else {})
+        attributes = node.attributes if node else {}
+        kind, macs, moved = onnx_node_cost(op, inputs, outputs, attributes)
+        shape = onnx_kernel_shape(op, kind, macs, moved, inputs, outputs, attributes)
         if kind != "quantize" and _under(onnx_scope(name), se):
             kind = "se"
-        rows.append(LayerTime(name, kind, op, macs, moved, statistics.median(durations[name]) / 1000))
+        rows.append(LayerTime(name, kind, op, macs, moved, statistics.median(durations[name]) / 1000, shape))
     return rows
 
 
@@ -736,13 +765,17 @@ def _program_layout(program: bytes) -> tuple[list[dict[str, Any] | None], list[s
     return delegates, kernels
 
 
-def _xnnpack_nodes(graph: dict[str, Any] | None, events: list[str]) -> list[tuple[str, int, int | None] | None]:
-    """(kind, multiply-adds, bytes) of the graph node behind each XNNPACK operator event of one delegate call, or
+#: What `_xnnpack_nodes` ties to an XNNPACK event: (kind, multiply-adds, bytes, a compute kernel's shape).
+XnnpackCost = tuple[str, int, int | None, KernelShape | None]
+
+
+def _xnnpack_nodes(graph: dict[str, Any] | None, events: list[str]) -> list[XnnpackCost | None]:
+    """(kind, multiply-adds, bytes, shape) of the graph node behind each XNNPACK operator event of one delegate call, or
     None where the event cannot be tied to a node. XNNPACK creates one operator per node in the graph's order, but
     fuses some nodes away (a clamp into the operator before it) and runs a concatenation as copies: events are tied
     to nodes by their order within one family of operators only where that family's event and node counts are
     equal, and a convolution family additionally only where every event's operator fits its node's type."""
-    tied: list[tuple[str, int, int | None] | None] = [None] * len(events)
+    tied: list[XnnpackCost | None] = [None] * len(events)
     if graph is None:
         return tied
     values = {}
@@ -763,7 +796,10 @@ def _xnnpack_nodes(graph: dict[str, Any] | None, events: list[str]) -> list[tupl
             count //= batch  # dims hold the program's batch bound; one image is timed
         return count
 
-    def cost(node: dict[str, Any]) -> tuple[str, int, int | None]:
+    def dims(value_id: int) -> tuple[int, ...]:
+        return tuple(values[value_id]["dims"]) if value_id in values else ()
+
+    def cost(node: dict[str, Any]) -> XnnpackCost:
         kind_name, fields = node["xnode_union_type"], node["xnode_union"]
         reads = [fields[key] for key in ("input1_id", "input2_id", "input_id", "filter_id", "bias_id") if key in fields]
         reads = [value_id for value_id in reads if value_id != -1 and value_id in values]
@@ -784,10 +820,20 @@ def _xnnpack_nodes(graph: dict[str, Any] | None, events: list[str]) -> list[tupl
                 fields["kernel_width"],
             )
             kind = "depthwise" if kind_name == "XNNDepthwiseConv2d" else conv_kind(fields["groups"], weight)
-            return kind, (out or 0) * per_output, moved
+            macs = (out or 0) * per_output
+            image, result = dims(fields.get("input1_id", -1)), dims(fields["output_id"])  # NHWC
+            shape = None
+            if len(image) == 4 and len(result) == 4 and moved is not None:
+                shape = conv_shape(
+                    kind, (image[1], image[2]), (weight[0], result[1], result[2]), weight, fields["groups"], macs, moved
+                )
+            return kind, macs, moved, shape
         if kind_name == "XNNFullyConnected":
-            return "linear", (out or 0) * values[fields["filter_id"]]["dims"][-1], moved
-        return _XNNPACK_OPS.get(_XNNPACK_FAMILIES[kind_name], "other"), 0, moved
+            filter_dims = values[fields["filter_id"]]["dims"]
+            macs = (out or 0) * filter_dims[-1]
+            shape = linear_shape(filter_dims[-1], filter_dims[0], macs, moved) if moved is not None else None
+            return "linear", macs, moved, shape
+        return _XNNPACK_OPS.get(_XNNPACK_FAMILIES[kind_name], "other"), 0, moved, None
 
     families: dict[str, list[dict[str, Any]]] = {}
     for node in graph["xnodes"]:
@@ -876,9 +922,9 @@ def executorch_layer_times(program: bytes, input_size: InputSize, runs: int = 20
             names = [e.name for e in pending]
             tied = _xnnpack_nodes(graph, names)
             for inner, node in zip(pending, tied):
-                kind, macs, moved = node if node is not None else (_xnnpack_name_kind(inner.name), None, None)
+                kind, macs, moved, shape = node or (_xnnpack_name_kind(inner.name), None, None, None)
                 op, median = inner.name.split(" #")[0], statistics.median(times(inner))
-                rows.append(LayerTime(f"delegate {delegate_index}: {inner.name}", kind, op, macs, moved, median))
+                rows.append(LayerTime(f"delegate {delegate_index}: {inner.name}", kind, op, macs, moved, median, shape))
             whole = times(event)
             inner_runs = [times(inner) for inner in pending]
             outside = [whole[k] - sum(run[k] for run in inner_runs if k < len(run)) for k in range(len(whole))]

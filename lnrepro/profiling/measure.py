@@ -59,6 +59,8 @@ class ProfileSettings:
     train: bool  # training peak memory, and (lnrepro-profile) training throughput
     memory: bool
     layers: bool  # lnrepro-profile prints the per-layer table
+    predict: bool  # lnrepro-profile: latency/<runtime>_predicted_ms from the fitted latency predictor
+    measure: bool  # lnrepro-profile: false measures nothing (counts and predictions only)
     flop_conventions: bool  # lnrepro-profile: multiply-adds counted the ways papers count them
     end_of_fit: bool  # train.py: measure the trained network after the fit
     export: bool  # keep each measured runtime's exported file in the run's export/ (lnrepro.profiling.exported)

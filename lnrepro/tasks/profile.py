@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lnrepro import schema
-from lnrepro.experiments import shufflenetv2_guidelines
-from lnrepro.profiling import MacCount, ProfileSettings, count_macs, profile_model
+from lnrepro.errors import UserInputError
+from lnrepro.experiments import latency_budget, latency_predictor, shufflenetv2_guidelines
+from lnrepro.profiling import MacCount, ProfileSettings, count_macs, profile_model, static_metrics
 from lnrepro.profiling.context import shape_text
 from lnrepro.profiling.exported import EXPORT_DIR
 from lnrepro.schema import write_metrics
@@ -39,6 +42,7 @@ COLUMNS = [
 # (title, the key for a runtime, format) of the speed table, one row per runtime
 RUNTIME_COLUMNS = [
     ("latency ms", schema.latency_key, "{:.2f}"),
+    ("predicted ms", functools.partial(schema.runtime_key, schema.LATENCY_PREDICTED), "{:.2f}"),
     ("p90 ms", schema.latency_p90_key, "{:.2f}"),
     ("img/s", schema.throughput_key, "{:.0f}"),
     ("test top-1", schema.accuracy_key, "{:.4f}"),
@@ -238,27 +242,71 @@ def print_conventions(
     }
 
 
+def predict(net: torch.nn.Module, input_size: tuple[int, int, int], settings: ProfileSettings) -> dict[str, Any]:
+    """`latency/<runtime>_predicted_ms` for each of `settings.runtimes` by the predictors fitted on this machine at
+    the profile's thread count (refused in one line, naming the fitting command, where there is none)."""
+    from lnrepro.profiling.kernels import describe
+    from lnrepro.profiling.predictor import prediction_metrics
+
+    start = time.perf_counter()
+    metrics = dict(prediction_metrics(describe(net, input_size), settings.runtimes, settings.threads))
+    log.info("predicted latency in %s in %.2f s", ", ".join(settings.runtimes), time.perf_counter() - start)
+    return metrics
+
+
+def _written(cfg: DictConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    metrics = {**metrics, **run_facts(cfg), "task": "profile"}
+    write_metrics(cfg.paths.output_dir, metrics)
+    return metrics
+
+
 def profile(cfg: DictConfig) -> dict[str, Any]:
     """Measure `cfg.model` on `cfg.data`'s input as the `profile` config group says; write metrics.json; return
     the row. With `profile.guidelines` set (experiment=shufflenetv2_guidelines), run ShuffleNet V2's guideline
     micro-benchmarks instead."""
+    if "budget_ms" in cfg.profile and OmegaConf.is_missing(cfg.profile, "budget_ms"):
+        raise UserInputError(
+            "experiment=latency_budget needs profile.budget_ms=<milliseconds>, e.g. profile.budget_ms=2"
+        )
     node = OmegaConf.to_container(cfg.profile, resolve=True)
     guidelines = {key: node.pop(key) for key in shufflenetv2_guidelines.CONFIG_KEYS if key in node}
+    predictor = {key: node.pop(key) for key in latency_predictor.CONFIG_KEYS if key in node}
+    budget = {key: node.pop(key) for key in latency_budget.CONFIG_KEYS if key in node}
     settings = ProfileSettings.from_config(node)
-    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(cfg.get("seed") or 0)
-    if guidelines.get("guidelines"):  # a paper experiment rather than a network: lnrepro/experiments
+    # paper and predictor experiments rather than a network: lnrepro/experiments
+    if guidelines.get("guidelines"):
         return shufflenetv2_guidelines.profile_guidelines(
-            guidelines["guidelines"], guidelines.get("guideline") or {}, settings, Path(cfg.paths.output_dir)
+            guidelines["guidelines"], guidelines.get("guideline") or {}, settings, output_dir
         )
+    if predictor:
+        options = latency_predictor.FitOptions.from_config(predictor["predictor"])
+        metrics = latency_predictor.fit_latency_predictors(options, settings, output_dir)
+        return _written(cfg, metrics)
+    if budget:
+        options = latency_budget.BudgetOptions.from_config(budget.get("budget"))
+        metrics = latency_budget.profile_budget(budget.get("budget_ms"), options, settings, cfg.data, output_dir)
+        return _written(cfg, metrics)
     net = instantiate(cfg.model).to(settings.device)
     input_size = (3, int(cfg.data.image_size), int(cfg.data.image_size))
     log.info("profiling %s on %s, input %s", cfg.model.name, settings.device, input_size)
     macs = count_macs(net, input_size)  # once, for the totals and the per-layer table
     settings.check_runtimes(settings.device)
-    export_dir = Path(cfg.paths.output_dir) / EXPORT_DIR if settings.export else None
+    if not settings.measure and settings.layers:
+        raise UserInputError("profile.layers=true times every layer: it needs profile.measure=true")
+    predicted = predict(net, input_size, settings) if settings.predict else {}
+    if not settings.measure:  # counts and predictions only: nothing is run in a runtime or exported
+        metrics = {**static_metrics(net, input_size, macs=macs), **predicted, **run_facts(cfg), "task": "profile"}
+        if settings.flop_conventions:
+            metrics.update(print_conventions(net, input_size, metrics))
+        print_rows([metrics], settings.runtimes)
+        write_metrics(output_dir, metrics)
+        return metrics
+    export_dir = output_dir / EXPORT_DIR if settings.export else None
     with measurement_progress() as bar:  # compiling and quantising take minutes on small CPUs
         task = bar.add_task("", total=len(settings.runtimes))
 
@@ -266,6 +314,7 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
             bar.update(task, description=f"{cfg.model.name}: {runtime}", completed=done, refresh=True)
 
         metrics = profile_model(net, input_size, settings, macs=macs, progress=progress, export_dir=export_dir)
+    metrics.update(predicted)
     metrics.update(run_facts(cfg), task="profile")
     if export_dir is not None:  # the data module's class, not an instance: nothing is read or downloaded
         data_class = hydra.utils.get_class(cfg.data._target_)
