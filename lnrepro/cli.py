@@ -93,21 +93,32 @@ def report_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "works); a multirun directory's report joins that multirun's W&B group",
     )
     parser.add_argument("--wandb-project", default="lnrepro", metavar="NAME")
+    parser.add_argument(
+        "--predict",
+        metavar="RUNTIME[,RUNTIME]",
+        help="add the latency predicted in these runtimes for runs never timed in them, by the predictor fitted "
+        "on this machine (lnrepro-profile experiment=latency_predictor)",
+    )
     return parser.parse_args(argv)
 
 
 def report(argv: list[str] | None = None) -> int:
     """`lnrepro-report DIR... [--reference NAME|CSV]`: report.md, report.csv and plots; exit status 2 on bad input."""
     args = report_arguments(argv)
-    from lnrepro.errors import print_error
+    from lnrepro.errors import UserInputError, print_error
     from lnrepro.reporting import ReportError, log_to_wandb, make_report
     from lnrepro.schema import multirun_group
 
     try:
         result = make_report(
-            args.dirs, reference=args.reference, out_dir=args.out, plots=not args.no_plots, tolerance=args.tolerance
+            args.dirs,
+            reference=args.reference,
+            out_dir=args.out,
+            plots=not args.no_plots,
+            tolerance=args.tolerance,
+            predict=[name.strip() for name in args.predict.split(",") if name.strip()] if args.predict else None,
         )
-    except ReportError as error:
+    except (ReportError, UserInputError) as error:
         return print_error(error)
     print(result.markdown, end="")
     written = [result.files["markdown"], result.files["csv"]] + [p for p in result.files.values() if p.suffix == ".png"]

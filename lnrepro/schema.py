@@ -251,7 +251,7 @@ LATENCY_PREDICTED = _key(
 _key("<runtime>/within_10pct", "fraction", "latency predictor, leave one family out: share within +-10% of measured")
 _key("<runtime>/within_5pct", "fraction", "the same, within +-5%")
 _key("<runtime>/spearman", "-", "the same: rank correlation of predicted and measured latency")
-_key("<runtime>/median_error_pct", "%", "the same: median |predicted / measured - 1|")
+_key("<runtime>/median_error_pct", "%", "the same: median absolute error of the prediction, % of the measured latency")
 _key("<runtime>/noise_pct", "%", "median spread (max - min over mean) of two measurements of one network")
 _key("<runtime>/noise_p90_pct", "%", "90th percentile of that spread")
 _key("<runtime>/networks", "count", "held-out networks the validation figures are over")
@@ -274,6 +274,7 @@ def model_option_key(option: str) -> str:
 
 latency_key = functools.partial(runtime_key, LATENCY)
 latency_p90_key = functools.partial(runtime_key, LATENCY_P90)
+predicted_latency_key = functools.partial(runtime_key, LATENCY_PREDICTED)
 throughput_key = functools.partial(runtime_key, THROUGHPUT)
 accuracy_key = functools.partial(runtime_key, ACCURACY)
 contended_key = functools.partial(runtime_key, CONTENDED)

@@ -91,7 +91,7 @@ def nearest_published(family: str, width: float, side: int, stem: str) -> tuple[
     """The published variant of `family` nearest in width (then input side), and its top-1 (%)."""
     from lnrepro.reporting.reference import shipped_table
 
-    table = "cifar10_published" if stem == "cifar" else "imagenet_published"
+    table = "cifar10" if stem == "cifar" else "imagenet"
     with open(shipped_table(table), newline="") as file:
         rows = [row for row in csv.DictReader(file) if (row.get("family") or row.get("model")) == family]
     if family == "shufflenet_v1":
@@ -199,7 +199,7 @@ def profile_budget(
     )
     metrics: dict[str, Any] = {"budget/budget_ms": float(budget_ms), "budget/runtimes": ",".join(settings.runtimes)}
     for choice in choices:
-        metrics[f"budget/{choice.family}@{choice.side}_width"] = choice.width
+        metrics[f"budget/{choice.family}_{choice.side}_width"] = choice.width
     return metrics
 
 

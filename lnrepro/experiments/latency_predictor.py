@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from lnrepro.errors import UserInputError, check_integer
+from lnrepro.models.layers import SqueezeExcite
 from lnrepro.profiling import ProfileSettings
 from lnrepro.profiling.kernels import KernelShape, NetworkDescription, describe, paired_rows
 from lnrepro.profiling.predictor import (
@@ -56,7 +57,7 @@ MEASUREMENTS = "measurements.jsonl"
 #: Bump when the sampler changes: earlier measurements then stop matching any candidate's id.
 PLAN_VERSION = 1
 #: Bump when the kernel stacks are sampled differently.
-STACK_VERSION = 3
+STACK_VERSION = 5
 #: Convolutions per kernel stack, and the most multiply-adds one may do.
 STACK_LAYERS = 10
 STACK_LAYER_MACS = 20_000_000
@@ -82,6 +83,8 @@ BASELINES = [
 WIDTHS = (0.25, 0.35, 0.5, 0.6, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 1.75, 2.0)
 SIDES = (32, 48, 64, 96, 128, 160, 192, 224)
 ACTIVATIONS = ("relu", "relu6", "hardswish", "none")
+#: Windowed poolings a kernel stack may hold between its convolutions (kernel 3, stride 2, padding 1).
+POOLS = {"avgpool": nn.AvgPool2d, "maxpool": nn.MaxPool2d}
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Candidate:
     width: float = 1.0
     stem: str = "imagenet"
     layers: tuple[tuple[str, int, int, int, int, str], ...] = ()  # (kind, channels, kernel, stride, groups, act)
+    # kind is a convolution kind, a windowed pooling of `POOLS` or "se" (squeeze-and-excitation)
 
     @property
     def name(self) -> str:
@@ -121,6 +125,12 @@ class KernelStack(nn.Sequential):
         modules: list[nn.Module] = []
         channels = 3
         for kind, out, kernel, stride, groups, activation in layers:
+            if kind in POOLS:  # a windowed pooling, as ShuffleNet V1's shortcut and the ImageNet stems pool
+                modules.append(POOLS[kind](kernel, stride, kernel // 2))
+                continue
+            if kind == "se":  # MobileNet V3's and GhostNet's squeeze-and-excitation, a quarter of the channels
+                modules.append(SqueezeExcite(channels, max(8, channels // 4)))
+                continue
             if kind == "depthwise":
                 out, groups = channels, channels
             modules.append(nn.Conv2d(channels, out, kernel, stride, kernel // 2, groups=groups, bias=False))
@@ -170,6 +180,11 @@ def _stack(index: int, seed: int) -> Candidate:
             out = max(groups, out // 2 // groups * groups)  # bounded work: a stack measures in about a second
         layers.append((kind, out, kernel, stride, groups, rng.choice(ACTIVATIONS)))
         channels, spatial = out, out_side
+        if rng.random() < 0.2:
+            layers.append(("se", channels, 1, 1, 1, "none"))
+        if spatial >= 4 and rng.random() < 0.15:
+            layers.append((rng.choice(tuple(POOLS)), channels, 3, 2, 1, "none"))
+            spatial = math.ceil(spatial / 2)
     return Candidate(f"k{STACK_VERSION}.{MEASURE_VERSION}-{seed}-{index}", "kernels", side, layers=tuple(layers))
 
 
@@ -284,8 +299,8 @@ def samples_of(records: Mapping[str, Mapping[str, Any]]) -> list[Sample]:
 # --- the command ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FitOptions:
-    networks: int = 48
-    kernels: int = 24
+    networks: int = 60
+    kernels: int = 48
     seed: int = 0
     blocks: int = 5  # a latency is the best of this many block medians (`timing.quiet_latency_ms`)
     runs: int = 10  # timed batch-1 passes per block, and twice as many per-layer profiled passes

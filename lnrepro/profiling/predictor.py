@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lnrepro import schema
 from lnrepro.errors import UserInputError
 from lnrepro.profiling.kernels import COMPUTE_KINDS, GLUE_NAMES, KernelShape, NetworkDescription
 from lnrepro.utils.files import atomic_write_bytes, atomic_write_text, cache_dir
@@ -449,13 +450,10 @@ def forget_loaded() -> None:
     _LOADED.clear()
 
 
-def predicted_key(runtime: str) -> str:
-    from lnrepro import schema
-
-    return schema.runtime_key(schema.LATENCY_PREDICTED, runtime)
-
-
 def prediction_metrics(
     network: NetworkDescription, runtimes: Iterable[str], threads: int | None
 ) -> Mapping[str, float]:
-    return {predicted_key(runtime): ms for runtime, ms in predict_latencies(network, runtimes, threads).items()}
+    return {
+        schema.predicted_latency_key(runtime): ms
+        for runtime, ms in predict_latencies(network, runtimes, threads).items()
+    }

@@ -244,7 +244,12 @@ def render_runtime_table(rows: list[ReportRow]) -> list[str]:
     runtimes = [
         r for r in schema.RUNTIMES if any(row.run.metrics.get(schema.latency_key(r)) is not None for row in rows)
     ]
-    if not [r for r in runtimes if r != "eager"]:
+    predicted = [  # lnrepro-report --predict, or lnrepro-profile profile.predict=true
+        r
+        for r in schema.RUNTIMES
+        if any(row.run.metrics.get(schema.predicted_latency_key(r)) is not None for row in rows)
+    ]
+    if not [r for r in runtimes if r != "eager"] and not predicted:
         return []
     cells = []
     for row in rows:
@@ -265,16 +270,20 @@ def render_runtime_table(rows: list[ReportRow]) -> list[str]:
         if stats and stats.n_seeds > 1 and stats.top1_int8_mean is not None:  # mean over the seeds
             top1, int8 = stats.top1_mean / 100, stats.top1_int8_mean / 100
         drop = MISSING if top1 is None or int8 is None else f"{100 * (float(top1) - float(int8)):+.2f}"
-        cells.append([row.run.label] + [runtime_cell(metrics, r) for r in runtimes] + [speedup, drop])
+        guesses = [metrics.get(schema.predicted_latency_key(r)) for r in predicted]
+        guesses = [MISSING if value is None else significant(value) for value in guesses]
+        cells.append([row.run.label] + [runtime_cell(metrics, r) for r in runtimes] + guesses + [speedup, drop])
     columns = (
         [("model", True)]
         + [(f"{r} ms (p90)", False) for r in runtimes]
+        + [(f"{r} predicted ms", False) for r in predicted]
         + [("fastest, vs eager", False), ("int8 top-1 drop (points)", False)]
     )
     cpus = sorted({str(row.run.metrics.get("cpu/model")) for row in rows if row.run.metrics.get("cpu/model")})
     return [
         "",
         "Latency per runtime (batch 1, median and p90; `*`: contended, the machine was busy"
+        + ("; predicted: the latency predictor fitted on the reporting machine" if predicted else "")
         + (f"; CPU: {', '.join(cpus)}" if cpus else "")
         + "):",
         "",
@@ -495,14 +504,16 @@ def make_report(
     out_dir: str | Path | None = None,
     plots: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
+    predict: list[str] | None = None,
 ) -> Report:
     """Gather every metrics.json under `paths`; write report.md, report.csv and the plots into `out_dir`.
     Runs that differ only in seed are one row (mean top-1 with its 95% interval and, against a published top-1,
     a verdict within `tolerance` points: `lnrepro.reporting.seeds`).
 
     `out_dir` defaults to the directory given when there is one, else ./report. Raises `ReportError` (one line)
-    when no metrics.json is found. What could not be used (a file, a key of the wrong type, a copy) is one warning on
-    stderr and one note each.
+    when no metrics.json is found. `predict`: runtimes whose latency is predicted for runs never timed in them
+    (`lnrepro.reporting.predicted`; a missing predictor is refused in one line). What could not be used (a file, a
+    key of the wrong type, a copy) is one warning on stderr and one note each.
     """
     ref = load_reference(reference) if reference else None
     runs, problems = load_runs(list(paths), conv_only=bool(ref and ref.conv_only))
@@ -510,6 +521,10 @@ def make_report(
     groups = group_by_recipe(runs)
     layer_tables, layer_problems = load_layer_tables(runs)
     problems += copies + mixed_split_notes(groups) + layer_problems
+    if predict:
+        from lnrepro.reporting.predicted import fill_predictions
+
+        problems += fill_predictions(runs, predict)
     warn(problems)
     if out_dir is None:
         out_dir = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path("report")

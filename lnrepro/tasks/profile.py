@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ COLUMNS = [
 # (title, the key for a runtime, format) of the speed table, one row per runtime
 RUNTIME_COLUMNS = [
     ("latency ms", schema.latency_key, "{:.2f}"),
-    ("predicted ms", functools.partial(schema.runtime_key, schema.LATENCY_PREDICTED), "{:.2f}"),
+    ("predicted ms", schema.predicted_latency_key, "{:.2f}"),
     ("p90 ms", schema.latency_p90_key, "{:.2f}"),
     ("img/s", schema.throughput_key, "{:.0f}"),
     ("test top-1", schema.accuracy_key, "{:.4f}"),
@@ -264,7 +263,7 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     """Measure `cfg.model` on `cfg.data`'s input as the `profile` config group says; write metrics.json; return
     the row. With `profile.guidelines` set (experiment=shufflenetv2_guidelines), run ShuffleNet V2's guideline
     micro-benchmarks instead."""
-    if "budget_ms" in cfg.profile and OmegaConf.is_missing(cfg.profile, "budget_ms"):
+    if OmegaConf.is_missing(cfg.profile, "budget_ms"):  # False where there is no such key
         raise UserInputError(
             "experiment=latency_budget needs profile.budget_ms=<milliseconds>, e.g. profile.budget_ms=2"
         )
