@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lnrepro-installed
 ARGS ?=
 
-.PHONY: install train eval lint format test test-cluster test-all bench-data reproduce-seeds clean-logs
+.PHONY: install train eval lint format test test-cluster test-all bench-data reproduce-seeds fit-predictor clean-logs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ SEEDS_DIR := logs/train/multiruns/seeds_$(shell date +%Y-%m-%d_%H-%M-%S)
 reproduce-seeds: install
 	$(PY) train.py -m experiment=cifar10_seeds hydra.sweep.dir=$(SEEDS_DIR) $(ARGS)
 	$(PY) report.py $(SEEDS_DIR) --reference cifar10
+
+# slow (~25 min on 2 cores, resumable): the latency predictor of ONNX Runtime and ExecuTorch at 1 thread on this
+# machine, validated by leaving each family out (validation.json/.csv/.png in the run folder; docs/RESULTS.md)
+fit-predictor: install
+	$(PY) profile_net.py experiment=latency_predictor $(ARGS)
 
 clean-logs:
 	rm -rf logs

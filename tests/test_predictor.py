@@ -305,3 +305,42 @@ def test_the_plan_extends_and_never_repeats_a_network():
     assert len({latency_predictor._signature(c) for c in networks}) == len(networks) == 14
     assert {c.family for c in networks} >= set(predictor.VALIDATION_FAMILIES)
     assert isinstance(KernelStack(large[1].layers), nn.Module)
+
+
+@pytest.mark.slow
+def test_a_real_sampled_fit_holds_every_family_out_and_ranks_them(tmp_path, monkeypatch):
+    """The sampler's own networks (not the tiny plan), a short fit in ONNX Runtime (about 2 minutes on 2 cores): every
+    family is held out and predicted; the full fit is `make fit-predictor` (docs/RESULTS.md)."""
+    monkeypatch.setenv("LNREPRO_ROOT", str(tmp_path / "root"))
+    predictor.forget_loaded()
+    metrics = fit(
+        tmp_path, "fit", "profile.predictor.networks=21", "profile.predictor.kernels=8", "profile.predictor.runs=5"
+    )
+    for family in predictor.VALIDATION_FAMILIES:
+        assert metrics[f"onnxruntime/{family}/networks"] >= 3
+    assert metrics["onnxruntime/networks"] == 18  # 21 networks, every seventh a baseline that only trains
+    assert metrics["onnxruntime/spearman"] > 0.8  # larger networks are predicted slower
+
+
+def test_a_training_run_predicts_after_its_fit_and_refuses_before_it_without_a_predictor(
+    fitted_cache, make_train_cfg, monkeypatch, tmp_path
+):
+    from lnrepro.tasks.train import train
+
+    predicting = [
+        "model=mobilenet_v2",
+        "model.width=0.25",
+        "profile.end_of_fit=true",
+        "profile.threads=1",
+        "profile.runtimes=[onnxruntime]",
+        "profile.predict=true",
+        "profile.measure=false",
+    ]
+    metrics = train(make_train_cfg(*predicting))
+    assert metrics[schema.predicted_latency_key("onnxruntime")] > 0
+    assert schema.latency_key("onnxruntime") not in metrics
+    monkeypatch.setenv("LNREPRO_ROOT", str(tmp_path / "empty"))
+    predictor.forget_loaded()
+    with pytest.raises(UserInputError, match="no latency predictor for onnxruntime"):
+        train(make_train_cfg(*predicting, output_dir=tmp_path / "refused"))
+    assert not (tmp_path / "refused" / "checkpoints").exists()  # refused before the fit

@@ -6,8 +6,9 @@ What is measured (`plan`): `networks` variants of the zoo, in turn one of the si
 large or small, ShuffleNet V1 with 1-8 groups, ShuffleNet V2, GhostNet) and every seventh a baseline (VGG16 or
 ResNet34 with standard, depthwise-separable or Ghost convolutions, a CIFAR ResNet), at widths 0.25-2.0 and input
 sides 32-224 (CIFAR stems up to 64, ImageNet stems above); and `kernels` stacks of ten random convolutions (kind,
-channels, kernel, stride, groups, activation), the single-kernel coverage nn-Meter samples, so that a held-out
-family's kernels (ShuffleNet V1's grouped 1x1 convolutions) are still covered. The sample of index i depends on
+channels, kernel, stride, groups, activation) with windowed poolings and squeeze-and-excitation blocks between them,
+the single-kernel coverage nn-Meter samples, so that a held-out family's kernels and glue (ShuffleNet V1's grouped
+1x1 convolutions and average pooling, MobileNet V3's SE blocks) are still covered. The sample of index i depends on
 (seed, i) alone: a larger `networks` extends a smaller one.
 
 Each measured sample is appended to `measurements.jsonl` in the predictor's cache folder (`PredictorKey.folder`)

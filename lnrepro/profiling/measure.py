@@ -84,6 +84,15 @@ class ProfileSettings:
         for runtime in self.runtimes:
             check_runtime(runtime, device)
 
+    def check_predictors(self) -> None:
+        """With `predict`, refuse before any work a runtime that has no latency predictor fitted on this machine at
+        this thread count (the line names the command that fits one)."""
+        if self.predict:
+            from lnrepro.profiling.predictor import load_predictor
+
+            for runtime in self.runtimes:
+                load_predictor(runtime, self.threads)
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None = None) -> ProfileSettings:
         """The declared defaults with the values of `config` (the `profile` config node, a DictConfig or dict, or

@@ -265,7 +265,7 @@ class Predictor:
         return kernels + max(0.0, glue)
 
     def glue_costs(self) -> dict[str, float]:
-        """The glue model's coefficients by feature name (microseconds per call, per MB; ms of intercept)."""
+        """The glue model's coefficients by feature name (ms per call, ms per MB moved; the intercept in ms)."""
         return {"intercept_ms": float(self.glue.intercept_), **dict(zip(GLUE_FEATURES, map(float, self.glue.coef_)))}
 
     # --- keeping it ---------------------------------------------------------------------------------------------

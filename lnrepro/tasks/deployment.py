@@ -96,11 +96,21 @@ def runtime_figures(
 
     With `run_dir` and `profile.export`, the exported file of each runtime measured without an error is kept in
     `run_dir/export/` with `export.json` (`keep_export`); `about`: the run's metrics, whose `ABOUT_KEYS` name the
-    network there."""
+    network there. `profile.predict` adds `latency/<runtime>_predicted_ms`; `profile.measure=false` measures
+    nothing (the predictions alone)."""
     if not settings.end_of_fit or not settings.runtimes:
         return {}
-    device = next(net.parameters()).device
     figures: dict[str, Any] = {}
+    if settings.predict:  # the predictors were checked before the fit (ProfileSettings.check_predictors)
+        from lnrepro.profiling.kernels import describe
+        from lnrepro.profiling.predictor import prediction_metrics
+
+        figures.update(
+            prediction_metrics(describe(net, (3, image_size, image_size)), settings.runtimes, settings.threads)
+        )
+    if not settings.measure:
+        return figures
+    device = next(net.parameters()).device
     calibration, runtimes = None, list(settings.runtimes)
     int8 = [runtime for runtime in runtimes if runtime in INT8_RUNTIMES]
     if int8:  # one calibration set for every int8 runtime: the same training images

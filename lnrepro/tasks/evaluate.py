@@ -58,6 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     settings = ProfileSettings.from_config(cfg.get("profile"))
     settings.check_runtimes()
+    settings.check_predictors()
     net, run_cfg = load_run(
         cfg.ckpt_path, overrides=command_line_overrides(cfg), trusted=bool(cfg.get("trust_checkpoint"))
     )

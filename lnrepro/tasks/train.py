@@ -112,6 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     settings = ProfileSettings.from_config(cfg.get("profile"))
     if settings.end_of_fit:
         settings.check_runtimes()
+        settings.check_predictors()
     check_precision(cfg)
     module = build_module(cfg)
     # the furthest checkpoint that loads: a requeued job's own last.ckpt, the user's ckpt_path, its epoch_*.ckpt
