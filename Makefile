@@ -54,7 +54,7 @@ reproduce-seeds: install
 	$(PY) train.py -m experiment=cifar10_seeds hydra.sweep.dir=$(SEEDS_DIR) $(ARGS)
 	$(PY) report.py $(SEEDS_DIR) --reference cifar10
 
-# slow (~25 min on 2 cores, resumable): the latency predictor of ONNX Runtime and ExecuTorch at 1 thread on this
+# slow (22 min on 2 cores, resumable): the latency predictor of ONNX Runtime and ExecuTorch at 1 thread on this
 # machine, validated by leaving each family out (validation.json/.csv/.png in the run folder; docs/RESULTS.md)
 fit-predictor: install
 	$(PY) profile_net.py experiment=latency_predictor $(ARGS)
