@@ -397,7 +397,6 @@ def fit_latency_predictors(options: FitOptions, settings: ProfileSettings, outpu
                 "error" if record.get("error") else f"{sum(record['latencies_ms']) / 2:.3f} ms",
             )
         bar.update(task, completed=len(todo), refresh=True)
-    measured = peaks = None
     metrics: dict[str, Any] = {"predictor/stopped_early": stopped, "predictor/measure_s": time.monotonic() - start}
     peaks_measured = machine_peaks(torch.get_num_threads())
     peaks = RooflinePeaks(peaks_measured.gflops, peaks_measured.gbps)
