@@ -99,6 +99,13 @@ def report_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="add the latency predicted in these runtimes for runs never timed in them, by the predictor fitted "
         "on this machine (lnrepro-profile experiment=latency_predictor)",
     )
+    parser.add_argument(
+        "--predict-threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the thread count of the predictor to use (default 1, the one experiment=latency_predictor fits)",
+    )
     return parser.parse_args(argv)
 
 
@@ -117,6 +124,7 @@ def report(argv: list[str] | None = None) -> int:
             plots=not args.no_plots,
             tolerance=args.tolerance,
             predict=[name.strip() for name in args.predict.split(",") if name.strip()] if args.predict else None,
+            predict_threads=args.predict_threads,
         )
     except (ReportError, UserInputError) as error:
         return print_error(error)

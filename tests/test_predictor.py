@@ -344,3 +344,17 @@ def test_a_training_run_predicts_after_its_fit_and_refuses_before_it_without_a_p
     with pytest.raises(UserInputError, match="no latency predictor for onnxruntime"):
         train(make_train_cfg(*predicting, output_dir=tmp_path / "refused"))
     assert not (tmp_path / "refused" / "checkpoints").exists()  # refused before the fit
+
+
+def test_a_line_cut_short_in_the_store_costs_only_itself(tmp_path):
+    store = MeasurementStore(tmp_path)
+    store.path.write_text('{"id": "a", "name": "cut')  # a fit killed while writing
+    store.append({"id": "b", "name": "b", "family": "kernels", "error": "refused"})
+    assert list(store.read()) == ["b"]
+
+
+def test_budget_options_take_one_value_or_a_list():
+    options = latency_budget.BudgetOptions.from_config({"families": "ghostnet", "sides": 224})
+    assert options.families == ("ghostnet",) and options.sides == (224,)
+    with pytest.raises(UserInputError, match="must be numbers"):
+        latency_budget.BudgetOptions.from_config({"sides": ["big"]})

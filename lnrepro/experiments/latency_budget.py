@@ -49,21 +49,28 @@ class BudgetOptions:
             raise UserInputError(
                 f"profile.budget.{unknown[0]} is not a budget option; the options are: {', '.join(known)}"
             )
-        families = tuple(node.get("families") or ())
+
+        def listed(value: Any) -> list:
+            return [] if value is None else [value] if isinstance(value, (str, int, float)) else list(value)
+
+        families = tuple(listed(node.get("families")))
         for family in families:
             if family not in list_models():
                 raise UserInputError(
                     f"profile.budget.families: unknown model {family!r}; choose from {', '.join(list_models())}"
                 )
-        widths = tuple(float(value) for value in node.get("widths") or (0.25, 2.0, 0.05))
+        try:
+            widths = tuple(float(value) for value in listed(node.get("widths")) or (0.25, 2.0, 0.05))
+            sides = node.get("sides")
+            sides = None if sides is None else tuple(int(side) for side in listed(sides))
+        except (TypeError, ValueError) as error:
+            raise UserInputError(f"profile.budget: widths and sides must be numbers ({error})") from error
         if len(widths) != 3 or not 0 < widths[0] <= widths[1] or widths[2] <= 0:
             raise UserInputError(
                 "profile.budget.widths must be [first, last, step] with 0 < first <= last and step > 0, "
                 f"got {list(widths)}"
             )
-        sides = node.get("sides")
         if sides is not None:
-            sides = tuple(int(side) for side in sides)
             if not sides or min(sides) < 16:
                 raise UserInputError(
                     f"profile.budget.sides must be input sides of at least 16 pixels, got {list(sides)}"

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 #: The experiment's own keys in the profile group (not profile settings): popped before `ProfileSettings`.
 CONFIG_KEYS = ("predictor",)
 MEASUREMENTS = "measurements.jsonl"
+#: What a measured record holds (a record with an `error` holds none of them).
+RECORD_KEYS = ("id", "name", "family", "network", "rows", "latencies_ms")
 #: Bump when the sampler changes: earlier measurements then stop matching any candidate's id.
 PLAN_VERSION = 1
 #: Bump when the kernel stacks are sampled differently.
@@ -256,15 +258,19 @@ class MeasurementStore:
         for line in self.path.read_text().splitlines():
             try:
                 record = json.loads(line)
+                if not record.get("error") and not all(key in record for key in RECORD_KEYS):
+                    continue
                 records[record["id"]] = record
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # the last line of a fit killed while writing it
         return records
 
     def append(self, record: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # a line cut short by a killed fit has no newline: the next record starts on a line of its own
+        cut = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
         with open(self.path, "a") as file:
-            file.write(json.dumps(record) + "\n")
+            file.write(("\n" if cut else "") + json.dumps(record) + "\n")
             file.flush()
             os.fsync(file.fileno())
 
@@ -387,6 +393,15 @@ def fit_latency_predictors(options: FitOptions, settings: ProfileSettings, outpu
             except UserInputError as error:  # a network this runtime refuses (an operator it cannot lower)
                 record["error"] = str(error)
                 log.warning("latency predictor: %s in %s not measured: %s", candidate.name, runtime, error)
+            except Exception as error:  # anything else may pass: not recorded, so the next run tries it again
+                log.warning(
+                    "latency predictor: %s in %s failed (%s: %s); left for the next run",
+                    candidate.name,
+                    runtime,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else "",
+                )
+                continue
             stores[runtime].append(record)
             log.info(
                 "latency predictor: %d/%d %s in %s: %s",

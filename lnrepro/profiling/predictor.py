@@ -297,9 +297,42 @@ class Predictor:
                 "and fit again"
             )
         state = skops.io.loads(data, trusted=TRUSTED_TYPES)
+        if not _well_formed(state):
+            raise UserInputError(
+                f"{folder / MODEL_FILE} is not a latency predictor lnrepro wrote: delete the folder and fit again"
+            )
         kernels = KernelModels(RooflinePeaks(*state["peaks"]))
         kernels.models = state["models"]
         return cls(PredictorKey(**facts["key"]), kernels, state["glue"], int(facts["samples"]))
+
+
+def _well_formed(state: Any) -> bool:
+    """Whether a loaded predictor file holds what `Predictor.save` writes, with every tree's child and feature
+    indices in range: scikit-learn walks a tree's nodes without bounds checks, so a crafted file could make it read
+    outside its arrays (why skops leaves these trees untrusted by default)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import LinearRegression
+
+    features = len(kernel_features(KernelShape("conv", 1, 1, 1, 1, 1, 1, 1, 1, 1)))
+    if not (isinstance(state, dict) and isinstance(state.get("models"), dict) and len(state.get("peaks", ())) == 2):
+        return False
+    glue = state.get("glue")
+    if not isinstance(glue, LinearRegression) or np.shape(glue.coef_) != (len(GLUE_FEATURES),):
+        return False
+    for model in state["models"].values():
+        if not isinstance(model, HistGradientBoostingRegressor):
+            return False
+        for trees in model._predictors:
+            for tree in trees:
+                nodes = tree.nodes
+                inner = nodes["is_leaf"] == 0
+                if len(nodes) == 0 or not (
+                    (nodes["left"][inner] < len(nodes)).all()
+                    and (nodes["right"][inner] < len(nodes)).all()
+                    and (nodes["feature_idx"][inner] < features).all()
+                ):
+                    return False
+    return True
 
 
 def fit_predictor(key: PredictorKey, samples: Sequence[Sample], peaks: RooflinePeaks) -> Predictor:

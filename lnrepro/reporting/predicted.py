@@ -47,7 +47,7 @@ def network_of(metrics: dict[str, Any]):
     return build_model(name, **arguments).eval(), tuple(shape[-3:])
 
 
-def fill_predictions(runs: Iterable[Any], runtimes: Iterable[str], threads: int | None = None) -> list[str]:
+def fill_predictions(runs: Iterable[Any], runtimes: Iterable[str], threads: int | None = 1) -> list[str]:
     """Set `latency/<runtime>_predicted_ms` in the metrics of each run (in memory) that has neither it nor a measured
     latency in that runtime; the predictors are loaded first, so a missing one is refused before any work. Returns
     notes for the report (runs that could not be rebuilt)."""

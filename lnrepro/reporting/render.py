@@ -505,6 +505,7 @@ def make_report(
     plots: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     predict: list[str] | None = None,
+    predict_threads: int = 1,
 ) -> Report:
     """Gather every metrics.json under `paths`; write report.md, report.csv and the plots into `out_dir`.
     Runs that differ only in seed are one row (mean top-1 with its 95% interval and, against a published top-1,
@@ -512,7 +513,8 @@ def make_report(
 
     `out_dir` defaults to the directory given when there is one, else ./report. Raises `ReportError` (one line)
     when no metrics.json is found. `predict`: runtimes whose latency is predicted for runs never timed in them
-    (`lnrepro.reporting.predicted`; a missing predictor is refused in one line). What could not be used (a file, a
+    (`lnrepro.reporting.predicted`) by the predictors fitted at `predict_threads` threads (a missing one is refused in
+    one line). What could not be used (a file, a
     key of the wrong type, a copy) is one warning on stderr and one note each.
     """
     ref = load_reference(reference) if reference else None
@@ -524,7 +526,7 @@ def make_report(
     if predict:
         from lnrepro.reporting.predicted import fill_predictions
 
-        problems += fill_predictions(runs, predict)
+        problems += fill_predictions(runs, predict, predict_threads)
     warn(problems)
     if out_dir is None:
         out_dir = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path("report")
