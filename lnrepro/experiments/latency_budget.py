@@ -234,11 +234,9 @@ def budget_rows(choices: Sequence[Choice], runtimes: Sequence[str]) -> list[dict
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return str(value)
+    from lnrepro.reporting.formatting import figure
+
+    return figure(value) if value is None or isinstance(value, float) else str(value)
 
 
 def write_budget(output_dir: Path, rows: Sequence[Mapping[str, Any]], budget_ms: float) -> None:

@@ -168,19 +168,19 @@ class NetworkDescription:
     kernels: list[KernelShape]
     glue_ops: dict[str, tuple[int, int]]  # torch function -> (calls, bytes moved)
 
+    def _by_group(self, field: int) -> dict[str, int]:
+        totals = dict.fromkeys(GLUE_NAMES, 0)
+        for op, counts in self.glue_ops.items():
+            totals[glue_group(op)] += counts[field]
+        return totals
+
     @property
     def glue_calls(self) -> dict[str, int]:
-        calls = dict.fromkeys(GLUE_NAMES, 0)
-        for op, (count, _) in self.glue_ops.items():
-            calls[glue_group(op)] += count
-        return calls
+        return self._by_group(0)
 
     @property
     def glue_bytes(self) -> dict[str, int]:
-        moved = dict.fromkeys(GLUE_NAMES, 0)
-        for op, (_, size) in self.glue_ops.items():
-            moved[glue_group(op)] += size
-        return moved
+        return self._by_group(1)
 
     def to_json(self) -> dict[str, Any]:
         return {"kernels": [kernel.as_list() for kernel in self.kernels], "glue_ops": self.glue_ops}
